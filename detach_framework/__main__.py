@@ -1,0 +1,3 @@
+from detach_framework.cli import main
+
+raise SystemExit(main())

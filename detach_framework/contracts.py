@@ -1,0 +1,151 @@
+"""Typed contracts of each component kind: what a factory receives and what the component produces.
+
+Shapes: B batch, T frames, C sensor channels, L sensor steps, D feature channels, E embedding size.
+Sample dicts (one item of a dataset split) hold:
+  video    uint8   [T, 3, H, W]   raw RGB frames (the backbone normalises them)
+  sensor   float32 [C, L]         finite values (datasets resolve NaN before returning)
+  label    int64   []             class index into `class_names` (0 is Null where a Null class exists)
+  subject  int64   []             subject id, for subject-wise splits
+  fixture  int64   []             ground-truth fixture index or -1 (analysis only, never for training)
+  index    int64   []             position of the sample in its split (memory banks key on it)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import nn
+
+from detach_framework.registry import ComponentParams
+
+SAMPLE_KEYS: tuple[str, ...] = ("video", "sensor", "label", "subject", "fixture", "index")
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+
+@runtime_checkable
+class DatasetSource(Protocol):
+    """dataset factory(params, data: DataSettings) -> DatasetSource."""
+
+    class_names: list[str]
+    channel_names: list[str]
+    fixture_names: list[str]
+
+    def split(self, name: str) -> torch.utils.data.Dataset: ...
+
+
+class VideoBackboneParams(ComponentParams):
+    """Base of every video backbone's params: the trainer freezes the backbone when `frozen`."""
+
+    frozen: bool = False
+
+
+class VideoBackbone(Protocol):
+    """video_backbone factory(params) -> nn.Module.
+
+    forward(video float [B, T, 3, H, W], already normalised with `mean`/`std`) -> maps [B, T, D, h, w]
+    (h = w = 1 when the backbone pools). `feature_dim` is D; `mean`/`std` are per-channel RGB
+    statistics in [0, 1] units from the model's data config.
+    """
+
+    feature_dim: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def __call__(self, video: torch.Tensor) -> torch.Tensor: ...
+
+
+class VideoHead(Protocol):
+    """video_head factory(params, in_dim: int) -> nn.Module; forward(maps [B,T,D,h,w]) -> [B, out_dim]."""
+
+    out_dim: int
+
+    def __call__(self, maps: torch.Tensor) -> torch.Tensor: ...
+
+
+class SensorEncoder(Protocol):
+    """sensor_encoder factory(params, in_channels: int, length: int) -> nn.Module.
+
+    forward(sensor [B, C, L]) -> [B, out_dim].
+    """
+
+    out_dim: int
+
+    def __call__(self, sensor: torch.Tensor) -> torch.Tensor: ...
+
+
+class ContrastiveLoss(Protocol):
+    """loss factory(params) -> nn.Module.
+
+    forward(video [B, E], sensor [B, E], weights [B, B] or None) -> scalar; weights scale negatives.
+    """
+
+    def __call__(
+        self, video: torch.Tensor, sensor: torch.Tensor, weights: torch.Tensor | None = None
+    ) -> torch.Tensor: ...
+
+
+class Clusterer(Protocol):
+    """clusterer factory(params, num_samples: int, dim: int) -> nn.Module holding its state as buffers.
+
+    assign(features [B, dim]) -> labels [B] int64.
+    """
+
+    def assign(self, features: torch.Tensor) -> torch.Tensor: ...
+
+
+class Aligner(Protocol):
+    """aligner factory(params, model: AlignmentModel, loss: nn.Module) -> nn.Module.
+
+    forward(batch: dict of collated samples on the device) -> dict with a scalar 'loss' plus any
+    scalars worth logging. Its own parameters (temperatures, classifiers) train with the stage.
+    `trainable_modules()` names the parts of the model this stage trains.
+    """
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
+
+    def trainable_modules(self) -> list[nn.Module]: ...
+
+
+@dataclass
+class EmbeddingSet:
+    """Frozen embeddings of one split, as evaluators consume them.
+
+    probe:  [N, P] sensor features for the linear probe (concat of L2-normalised sensor embeddings)
+    video:  [N, E] joint-space video embeddings (L2-normalised), for retrieval
+    sensor: [N, E] joint-space sensor embeddings (L2-normalised), row i pairs with video row i
+    """
+
+    probe: np.ndarray
+    video: np.ndarray
+    sensor: np.ndarray
+    labels: np.ndarray
+    subjects: np.ndarray
+    fixtures: np.ndarray
+
+
+@dataclass
+class EvalContext:
+    class_names: Sequence[str]
+    out_dir: Path
+    seed: int = 42
+
+
+@dataclass
+class EvalResult:
+    """metrics: flat name -> number (go to summary.json); tables: name -> rows; plots: written files."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    plots: list[Path] = field(default_factory=list)
+
+
+class Evaluator(Protocol):
+    """evaluator factory(params) -> Evaluator."""
+
+    def evaluate(self, train: EmbeddingSet, test: EmbeddingSet, ctx: EvalContext) -> EvalResult: ...
+
