@@ -101,14 +101,15 @@ class Clusterer(Protocol):
 class Aligner(Protocol):
     """aligner factory(params, model: AlignmentModel, loss: nn.Module) -> nn.Module.
 
-    forward(batch: dict of collated samples on the device) -> dict with a scalar 'loss' plus any
-    scalars worth logging. Its own parameters (temperatures, classifiers) train with the stage.
-    `trainable_modules()` names the parts of the model this stage trains.
+    The aligner may read the model's sizes when built but keeps no reference to it (the model is not
+    its submodule); the loss is. forward(model, batch: dict of collated samples on the device) ->
+    dict with a scalar 'loss' plus any scalars worth logging. `trainable_modules(model)` names the
+    parts of the model this stage trains; the aligner's own parameters always train with the stage.
     """
 
-    def __call__(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
+    def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
 
-    def trainable_modules(self) -> list[nn.Module]: ...
+    def trainable_modules(self, model: nn.Module) -> list[nn.Module]: ...
 
 
 @dataclass
@@ -148,4 +149,3 @@ class Evaluator(Protocol):
     """evaluator factory(params) -> Evaluator."""
 
     def evaluate(self, train: EmbeddingSet, test: EmbeddingSet, ctx: EvalContext) -> EvalResult: ...
-

@@ -61,7 +61,9 @@ class PluginHost:
     def failures(self) -> list[PluginInfo]:
         return [p for p in self.plugins if p.status == "failed"]
 
-    def load_module(self, module: ModuleType | str, *, name: str | None = None, distribution: str = "") -> None:
+    def load_module(
+        self, module: ModuleType | str, *, name: str | None = None, distribution: str = ""
+    ) -> None:
         """Import (if needed) and register one plugin module; record a failure instead of raising."""
         label = name or (module if isinstance(module, str) else module.__name__)
         module_name = module if isinstance(module, str) else module.__name__
@@ -81,6 +83,7 @@ class PluginHost:
             self._forget(label)
             detail = f"{type(exc).__name__}: {exc}".splitlines()[0]
             self.plugins.append(PluginInfo(label, module_name, distribution, "failed", detail))
+            self.registry.failed_plugins.append(f"{label} ({detail})")
             if os.environ.get("DETACH_DEBUG"):
                 traceback.print_exc()
         else:
@@ -103,7 +106,9 @@ def _new_manager() -> pluggy.PluginManager:
     return manager
 
 
-def load_plugins(extra_modules: list[str] | tuple[str, ...] = (), *, autoload: bool | None = None) -> PluginHost:
+def load_plugins(
+    extra_modules: list[str] | tuple[str, ...] = (), *, autoload: bool | None = None
+) -> PluginHost:
     """Load the built-in plugins, third-party entry points (unless autoload is disabled) and modules.
 
     With DETACH_DISABLE_PLUGIN_AUTOLOAD=1 only entry points of this distribution (the built-ins) load.

@@ -57,10 +57,9 @@ def did_you_mean(value: str, choices: list[str]) -> str:
 class Registry:
     """Components by kind and name. Adding breaks loudly on anything malformed or duplicated."""
 
-    _components: dict[str, dict[str, Component]] = field(
-        default_factory=lambda: {kind: {} for kind in KINDS}
-    )
+    _components: dict[str, dict[str, Component]] = field(default_factory=lambda: {kind: {} for kind in KINDS})
     current_plugin: str = "<direct>"
+    failed_plugins: list[str] = field(default_factory=list)  # "name (error)", shown in unknown-name errors
 
     def add(
         self,
@@ -148,5 +147,7 @@ class Registry:
 
     def _check_kind(self, kind: str) -> None:
         if kind not in KINDS:
-            raise UserError(f"unknown component kind '{kind}';{did_you_mean(kind, list(KINDS))} "
-                            f"expected one of: {', '.join(KINDS)}")
+            raise UserError(
+                f"unknown component kind '{kind}';{did_you_mean(kind, list(KINDS))} "
+                f"expected one of: {', '.join(KINDS)}"
+            )

@@ -1,1 +1,36 @@
-"""placeholder"""
+"""Video backbones: any timm image model, and the small per-frame CNN of METHOD.md."""
+
+from __future__ import annotations
+
+from detach_plugins.backbones.small_cnn import SmallCnnBackbone, SmallCnnParams
+from detach_plugins.backbones.timm_backbone import TimmBackboneParams, TimmVideoBackbone
+
+from detach_framework.plugins import hookimpl
+from detach_framework.registry import Registry
+
+__all__ = [
+    "SmallCnnBackbone",
+    "SmallCnnParams",
+    "TimmBackboneParams",
+    "TimmVideoBackbone",
+    "detach_register_components",
+]
+
+
+@hookimpl
+def detach_register_components(registry: Registry) -> None:
+    registry.add(
+        kind="video_backbone",
+        name="timm",
+        factory=TimmVideoBackbone,
+        params=TimmBackboneParams,
+        description="Any timm image model applied per frame (feature maps, ViT token grids or pooled "
+        "vectors); weights only from a local file.",
+    )
+    registry.add(
+        kind="video_backbone",
+        name="small_cnn",
+        factory=SmallCnnBackbone,
+        params=SmallCnnParams,
+        description="The 4-layer stride-2 conv+BN+ReLU per-frame CNN of METHOD.md (maps at 1/16 size).",
+    )

@@ -1,0 +1,196 @@
+"""The `detach` command line. User mistakes: one line on stderr, exit code 2 (`--debug`: traceback)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from detach_framework.errors import UserError
+
+DEFAULT_SCHEMA = Path("schemas") / "experiment.schema.json"
+
+
+def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    # Accepted before or after the command; SUPPRESS keeps a subcommand from resetting the main value.
+    def default(value):
+        return argparse.SUPPRESS if suppress else value
+
+    parser.add_argument("--debug", action="store_true", default=default(False), help="show full tracebacks")
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=default(None),
+        metavar="MODULE",
+        help="also load this plugin module (repeatable)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="detach", description=__doc__)
+    _common(parser, suppress=False)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _common(p, suppress=True)
+        return p
+
+    command("plugins", "list plugins, their distributions and load failures")
+    p = command("components", "list registered components (optionally of one kind)")
+    p.add_argument("kind", nargs="?")
+    p = command("validate", "validate a spec (with overrides) and print its uid")
+    p.add_argument("spec")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value")
+    p = command("schema", "write the JSON Schema of spec files")
+    p.add_argument("--out", type=Path, default=DEFAULT_SCHEMA)
+    p = command("train", "train a spec into a run directory, then evaluate it")
+    p.add_argument("spec")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value")
+    p.add_argument("--run-dir", type=Path, help="default: runs/<name>/<uid>")
+    p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty run directory")
+    p = command("eval", "evaluate a run directory again and rewrite its summary.json")
+    p.add_argument("run_dir", type=Path)
+    data = command("data", "data utilities")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    synth = data_sub.add_parser("synth", help="write the synthetic kitchen to a directory")
+    _common(synth, suppress=True)
+    synth.add_argument("--preset", default="quickstart")
+    synth.add_argument("--out", type=Path, required=True)
+    synth.add_argument("--seed", type=int, default=42)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.debug:
+        os.environ["DETACH_DEBUG"] = "1"
+    try:
+        return COMMANDS[args.command](args) or 0
+    except UserError as exc:
+        if args.debug:
+            traceback.print_exc()
+        message = " ".join(str(exc).split("\n"))
+        print(f"detach {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"detach {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _host(args: argparse.Namespace):
+    from detach_framework.plugins import load_plugins
+
+    return load_plugins(args.plugin or [])
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    host = _host(args)
+    rows = [
+        (p.name, p.distribution or "-", p.status, p.error if p.error else f"{p.components} components")
+        for p in host.plugins
+    ]
+    _print_table(("plugin", "distribution", "status", "detail"), rows)
+    return 0
+
+
+def cmd_components(args: argparse.Namespace) -> int:
+    host = _host(args)
+    components = host.registry.components(args.kind)
+    rows = [(c.kind, c.name, c.plugin, c.description) for c in components]
+    _print_table(("kind", "name", "plugin", "description"), rows)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from detach_framework.spec import load_spec
+
+    spec = load_spec(args.spec, _host(args).registry, args.overrides)
+    print(f"ok: {args.spec} is valid; uid {spec.uid}")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from detach_framework.atomic import atomic_write_text
+    from detach_framework.spec import json_schema
+
+    schema = json_schema(_host(args).registry)
+    atomic_write_text(args.out, json.dumps(schema, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from detach_framework.engine.evaluate import evaluate_run, format_summary
+    from detach_framework.engine.rundir import RunDirectory
+    from detach_framework.engine.trainer import Trainer
+    from detach_framework.spec import dump_spec, load_spec
+
+    host = _host(args)
+    spec = load_spec(args.spec, host.registry, args.overrides)
+    path = args.run_dir or Path("runs") / spec.name / spec.uid
+    run = RunDirectory.prepare(path, resume=args.resume, overwrite=args.overwrite)
+    if not args.resume:
+        run.write_spec(dump_spec(spec))
+    run.write_env([vars(p) for p in host.plugins])
+    print(f"run directory: {run.path}", file=sys.stderr)
+    trainer = Trainer(spec, host, run)
+    trainer.fit(resume=args.resume)
+    summary = evaluate_run(trainer, run)
+    print(format_summary(summary))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from detach_framework.engine.evaluate import evaluate_run, format_summary
+    from detach_framework.engine.rundir import RunDirectory
+    from detach_framework.engine.trainer import Trainer
+    from detach_framework.spec import load_spec
+
+    host = _host(args)
+    run = RunDirectory.open_existing(args.run_dir)
+    spec = load_spec(run.spec_file, host.registry)
+    summary = evaluate_run(Trainer(spec, host, run), run)
+    print(format_summary(summary))
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from detach_framework.data.settings import DataSettings
+
+    host = _host(args)
+    component = host.registry.get("dataset", "synthetic_kitchen")
+    try:
+        params = component.params.model_validate({"preset": args.preset})
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        raise UserError(f"--preset {args.preset}: {first['msg']}") from None
+    source = component.factory(params, data=DataSettings(seed=args.seed))
+    if not hasattr(source, "export"):
+        raise UserError("dataset 'synthetic_kitchen' cannot export itself")
+    source.export(args.out)
+    print(f"wrote the synthetic kitchen ({args.preset}, seed {args.seed}) to {args.out}")
+    return 0
+
+
+def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    for row in (header, *rows):
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip())
+
+
+COMMANDS = {
+    "plugins": cmd_plugins,
+    "components": cmd_components,
+    "validate": cmd_validate,
+    "schema": cmd_schema,
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "data": cmd_data,
+}

@@ -1,0 +1,89 @@
+"""Evaluation of a trained run: frozen embeddings of the train and test splits fed to every evaluator."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from detach_framework.contracts import EmbeddingSet, EvalContext
+from detach_framework.engine.checkpoint import load_checkpoint
+from detach_framework.engine.rundir import RunDirectory
+from detach_framework.engine.trainer import BEST, LAST, Trainer, make_loader, to_device
+from detach_framework.errors import PluginError, UserError
+
+
+@torch.no_grad()
+def embed_split(trainer: Trainer, split: str) -> EmbeddingSet:
+    dataset = trainer.source.split(split)
+    if len(dataset) == 0:
+        raise UserError(f"data.dataset: the {split} split is empty, nothing to evaluate")
+    trainer.model.eval()
+    parts: dict[str, list[np.ndarray]] = {}
+    for batch in make_loader(dataset, trainer.spec, shuffle=False):
+        out = trainer.model.embed(to_device(batch, trainer.device))
+        for key in ("probe", "video", "sensor"):
+            parts.setdefault(key, []).append(out[key].float().cpu().numpy())
+        for key in ("label", "subject", "fixture"):
+            parts.setdefault(key, []).append(batch[key].numpy())
+    cat = {key: np.concatenate(value) for key, value in parts.items()}
+    return EmbeddingSet(
+        probe=cat["probe"],
+        video=cat["video"],
+        sensor=cat["sensor"],
+        labels=cat["label"],
+        subjects=cat["subject"],
+        fixtures=cat["fixture"],
+    )
+
+
+def evaluate_run(trainer: Trainer, run: RunDirectory) -> dict[str, Any]:
+    """Load the spec's chosen checkpoint, run every evaluator, write and return summary.json."""
+    spec = trainer.spec
+    name = BEST if spec.eval.checkpoint == "best" else LAST
+    path = run.checkpoints / name
+    if not path.is_file():
+        path = run.checkpoints / LAST
+    state = load_checkpoint(path, map_location=trainer.device)
+    trainer.model.load_state_dict(state["model"])
+    train, test = embed_split(trainer, "train"), embed_split(trainer, "test")
+    context = EvalContext(class_names=list(trainer.source.class_names), out_dir=run.plots, seed=spec.seed)
+    metrics: dict[str, float] = {}
+    tables: dict[str, Any] = {}
+    plots: list[str] = []
+    for entry in spec.eval.evaluators:
+        evaluator = trainer.host.registry.build("evaluator", entry)
+        result = evaluator.evaluate(train, test, context)
+        clash = set(result.metrics) & set(metrics)
+        if clash:
+            raise PluginError(f"evaluator '{entry.name}' reports metrics already reported: {sorted(clash)}")
+        metrics.update({k: float(v) for k, v in result.metrics.items()})
+        tables.update(result.tables)
+        plots += [
+            str(p.relative_to(run.path)) if p.is_relative_to(run.path) else str(p) for p in result.plots
+        ]
+    summary = {
+        "name": spec.name,
+        "uid": spec.uid,
+        "checkpoint": path.name,
+        "stage": state.get("stage"),
+        "epochs_done": state.get("epochs_done"),
+        "train_samples": int(len(train.labels)),
+        "test_samples": int(len(test.labels)),
+        "metrics": metrics,
+        "tables": tables,
+        "plots": plots,
+    }
+    run.write_summary(summary)
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    lines = [
+        f"run {summary['name']} / {summary['uid']} ({summary['checkpoint']}, "
+        f"{summary['train_samples']} train / {summary['test_samples']} test windows)"
+    ]
+    width = max((len(k) for k in summary["metrics"]), default=10)
+    lines += [f"  {key:<{width}}  {value:.4f}" for key, value in summary["metrics"].items()]
+    return "\n".join(lines)

@@ -1,0 +1,95 @@
+"""Linear probe on frozen features: one nn.Linear trained with Adam and cross-entropy, on the CPU.
+
+Deterministic for a seed: initialisation and shuffling draw from a private torch.Generator, so the
+global RNG is neither read nor disturbed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+# Features whose train std is below this are constant: dividing by it would only amplify noise.
+_MIN_STD = 1e-8
+
+
+def _features(x: np.ndarray, name: str) -> np.ndarray:
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be [N, P], got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} holds non-finite values")
+    return arr
+
+
+def linear_probe(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    num_classes: int,
+    *,
+    epochs: int = 30,
+    lr: float = 1e-3,
+    batch_size: int = 256,
+    weight_decay: float = 0.0,
+    standardize: bool = True,
+    seed: int = 42,
+) -> np.ndarray:
+    """Fit a linear classifier on (train_x, train_y) and return softmax probabilities [M, num_classes].
+
+    With `standardize`, features are centred and scaled with the TRAIN mean/std (test statistics
+    never leak into the probe); constant train features are only centred.
+    """
+    xtr, xte = _features(train_x, "train_x"), _features(test_x, "test_x")
+    ytr = np.asarray(train_y)
+    if ytr.ndim != 1 or ytr.shape[0] != xtr.shape[0]:
+        raise ValueError(f"train_y must be [N] with N={xtr.shape[0]}, got shape {ytr.shape}")
+    if xtr.shape[0] == 0 or xtr.shape[1] == 0:
+        raise ValueError(f"linear probe needs at least one sample and one feature, got {xtr.shape}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if xte.shape[1] != xtr.shape[1]:
+        raise ValueError(f"train and test feature sizes differ: {xtr.shape[1]} vs {xte.shape[1]}")
+    if not np.issubdtype(ytr.dtype, np.integer) or ytr.min() < 0 or ytr.max() >= num_classes:
+        raise ValueError(f"train_y must be integer class indices in [0, {num_classes})")
+    if epochs < 1 or batch_size < 1 or lr <= 0 or weight_decay < 0:
+        raise ValueError("linear probe needs epochs >= 1, batch_size >= 1, lr > 0, weight_decay >= 0")
+
+    if standardize:
+        mean = xtr.mean(axis=0)
+        std = xtr.std(axis=0)
+        std = np.where(std < _MIN_STD, 1.0, std)
+        xtr, xte = (xtr - mean) / std, (xte - mean) / std
+
+    generator = torch.Generator(device="cpu").manual_seed(int(seed))
+    in_dim = xtr.shape[1]
+    # skip_init: nn.Linear's own init would consume the global RNG.
+    model = nn.utils.skip_init(nn.Linear, in_dim, num_classes)
+    with torch.no_grad():
+        # Same U(-1/sqrt(fan_in), 1/sqrt(fan_in)) as nn.Linear's default, but from our generator.
+        bound = 1.0 / math.sqrt(in_dim)
+        model.weight.uniform_(-bound, bound, generator=generator)
+        model.bias.uniform_(-bound, bound, generator=generator)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    loss_fn = nn.CrossEntropyLoss()
+
+    features = torch.from_numpy(xtr.astype(np.float32))
+    targets = torch.from_numpy(ytr.astype(np.int64))
+    n = features.shape[0]
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(features[idx]), targets[idx])
+            loss.backward()
+            optimizer.step()
+
+    model.eval()
+    with torch.inference_mode():
+        logits = model(torch.from_numpy(xte.astype(np.float32)))
+        return torch.softmax(logits, dim=1).double().numpy()

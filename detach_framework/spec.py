@@ -1,0 +1,373 @@
+"""Experiment specs: YAML -> overrides -> pydantic validation against the registry -> uid.
+
+Each component slot is a discriminated union (tag: `name`) of the components registered for its kind,
+so a spec can only name registered components and every component's params are checked strictly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+
+from detach_framework.errors import UserError
+from detach_framework.registry import Registry, did_you_mean
+
+SCHEMA_HEADER = "# yaml-language-server: $schema={schema}\n"
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+# Spec field -> component kind, for every slot that holds a registered component.
+SLOT_KINDS: dict[str, str] = {
+    "dataset": "dataset",
+    "video_backbone": "video_backbone",
+    "video_head": "video_head",
+    "sensor_encoder": "sensor_encoder",
+    "aligner": "aligner",
+    "loss": "loss",
+    "evaluators": "evaluator",
+}
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataSpec(StrictModel):
+    """How samples are cut and batched; `dataset` picks the registered dataset."""
+
+    dataset: Any
+    window_seconds: float = Field(2.0, gt=0, description="Sliding-window length in seconds.")
+    stride_seconds: float = Field(1.0, gt=0, description="Sliding-window stride in seconds.")
+    frames: int = Field(8, ge=2, le=256, description="Video frames sampled uniformly per window.")
+    frame_size: int = Field(64, ge=16, le=1024, description="Square frame side in pixels.")
+    sensor_length: int = Field(128, ge=8, le=65536, description="Sensor steps per window after resampling.")
+    batch_size: int = Field(32, ge=2, description="Training batch size (contrastive losses need >= 2).")
+    num_workers: int = Field(0, ge=0, le=64, description="DataLoader workers (does not change results).")
+
+
+class ModelSpec(StrictModel):
+    """The encoders: a video backbone, a video head on its feature maps, a sensor encoder."""
+
+    video_backbone: Any
+    video_head: Any
+    sensor_encoder: Any
+
+
+class OptimizerSpec(StrictModel):
+    """AdamW settings of one stage."""
+
+    lr: float = Field(1e-4, gt=0, description="AdamW learning rate.")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
+    grad_clip: float | None = Field(None, gt=0, description="Clip the global gradient norm (off if null).")
+
+
+class StageSpec(StrictModel):
+    """One training stage: its aligner (what is trained and how), loss, epochs and optimizer."""
+
+    name: str = Field(pattern=_NAME, description="Stage name (unique within the spec).")
+    epochs: int = Field(ge=1, description="Epochs of this stage.")
+    aligner: Any
+    loss: Any
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+
+
+class EvalSpec(StrictModel):
+    """Downstream evaluation on the frozen encoders."""
+
+    evaluators: list[Any] = Field(default_factory=list, description="Evaluators run after training.")
+    checkpoint: Literal["best", "last"] = Field("best", description="Which checkpoint is evaluated.")
+
+
+class RuntimeSpec(StrictModel):
+    """Where and how verbosely to run; never changes results, so it is not part of the uid."""
+
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$", description="auto, cpu, cuda[:N].")
+    progress: Literal["auto", "on", "off"] = Field("auto", description="tqdm bars (auto: only on a TTY).")
+    tensorboard: bool = Field(True, description="Write TensorBoard scalars when tensorboard is installed.")
+    log_every: int = Field(10, ge=1, description="Log training scalars every N steps.")
+
+
+class Experiment(StrictModel):
+    """A whole experiment: data, model, training stages, evaluation, runtime."""
+
+    name: str = Field("experiment", pattern=_NAME, description="Run name (first level of runs/).")
+    seed: int = Field(42, ge=0, description="Seed for python, numpy, torch and the data loaders.")
+    deterministic: bool = Field(False, description="Use deterministic torch algorithms.")
+    data: DataSpec
+    model: ModelSpec
+    stages: list[StageSpec] = Field(min_length=1)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+    runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
+
+    @field_validator("stages")
+    @classmethod
+    def _unique_stage_names(cls, stages: list[StageSpec]) -> list[StageSpec]:
+        names = [s.name for s in stages]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"stage names must be unique, repeated: {', '.join(dupes)}")
+        return stages
+
+    @property
+    def uid(self) -> str:
+        return spec_uid(self)
+
+
+# Paths (model_dump keys) that never change results: excluded from the uid hash.
+UID_EXCLUDE: dict[str, Any] = {"name": True, "runtime": True, "data": {"num_workers"}}
+
+
+def spec_uid(spec: BaseModel) -> str:
+    """Readable summary of the chosen components + a short hash of every result-changing setting."""
+    payload = spec.model_dump(mode="json", exclude=UID_EXCLUDE)
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]
+    parts = [spec.data.dataset.name, spec.model.video_backbone.name, spec.model.sensor_encoder.name]
+    parts += [stage.aligner.name for stage in spec.stages]
+    return "-".join(dict.fromkeys(parts)) + "-" + digest
+
+
+def _slot_union(registry: Registry, kind: str) -> Any:
+    members = []
+    for component in registry.components(kind):
+        members.append(
+            create_model(
+                f"{_camel(kind)}_{component.name}",
+                __base__=component.params,
+                __doc__=component.description or None,
+                name=(Literal[component.name], Field(description=f"{kind} component")),
+            )
+        )
+    if not members:  # nothing registered: a tag nothing can match, so errors list "(none)"
+        members.append(create_model(f"{_camel(kind)}_none", __base__=StrictModel, name=(Literal[""], ...)))
+    return Annotated[Union[tuple(members)], Field(discriminator="name")]  # noqa: UP007
+
+
+def _camel(kind: str) -> str:
+    return "".join(part.title() for part in kind.split("_"))
+
+
+def build_spec_model(registry: Registry) -> type[Experiment]:
+    """The Experiment model whose slots accept exactly the registered components."""
+    slot = {kind: _slot_union(registry, kind) for kind in set(SLOT_KINDS.values())}
+    data = create_model("DataSpec", __base__=DataSpec, dataset=(slot["dataset"], ...))
+    model = create_model(
+        "ModelSpec",
+        __base__=ModelSpec,
+        video_backbone=(slot["video_backbone"], ...),
+        video_head=(slot["video_head"], ...),
+        sensor_encoder=(slot["sensor_encoder"], ...),
+    )
+    stage = create_model(
+        "StageSpec", __base__=StageSpec, aligner=(slot["aligner"], ...), loss=(slot["loss"], ...)
+    )
+    evaluation = create_model(
+        "EvalSpec",
+        __base__=EvalSpec,
+        evaluators=(
+            list[slot["evaluator"]],
+            Field(default_factory=list, description="Evaluators run after training."),
+        ),
+    )
+    return create_model(
+        "Experiment",
+        __base__=Experiment,
+        data=(data, ...),
+        model=(model, ...),
+        stages=(list[stage], Field(min_length=1)),
+        eval=(evaluation, Field(default_factory=evaluation)),
+    )
+
+
+def json_schema(registry: Registry) -> dict[str, Any]:
+    schema = build_spec_model(registry).model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "detach-framework experiment spec"
+    return schema
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading and overrides
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"spec file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"{path}:{where}: invalid YAML: {problem}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a UTF-8 text file") from None
+    if not isinstance(data, dict):
+        raise UserError(
+            f"{path}: expected a mapping of spec keys at the top level, got {type(data).__name__}"
+        )
+    return data
+
+
+_OVERRIDE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.([A-Za-z_][A-Za-z0-9_]*|\d+))*$")
+
+
+def apply_override(data: dict[str, Any], override: str) -> None:
+    """Apply one `key.path=value` (value parsed as YAML; digits index lists) to a raw spec dict."""
+    key, sep, raw = override.partition("=")
+    key = key.strip()
+    if not sep or not _OVERRIDE_KEY.match(key):
+        raise UserError(f"override '{override}': expected key.path=value (e.g. stages.0.epochs=3)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw  # not valid YAML: take it as a plain string, validation decides
+    parts = key.split(".")
+    node: Any = data
+    for depth, part in enumerate(parts):
+        here = ".".join(parts[: depth + 1])
+        last = depth == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit():
+                raise UserError(f"override '{key}': '{here}' indexes a list, expected an integer index")
+            index = int(part)
+            if index >= len(node):
+                raise UserError(
+                    f"override '{key}': index {index} out of range at '{here}' (length {len(node)})"
+                )
+            if last:
+                node[index] = value
+            else:
+                node = node[index]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+        else:
+            parent = ".".join(parts[:depth])
+            raise UserError(
+                f"override '{key}': '{parent}' is a {type(node).__name__}, it has no key '{part}'"
+            )
+
+
+def load_spec(
+    source: str | Path | dict[str, Any], registry: Registry, overrides: list[str] | tuple[str, ...] = ()
+) -> Experiment:
+    """Read (if a path), override, and validate a spec; user errors become one-line UserErrors."""
+    label = str(source) if not isinstance(source, dict) else "<spec>"
+    data = read_yaml(source) if not isinstance(source, dict) else json.loads(json.dumps(source))
+    for override in overrides:
+        apply_override(data, override)
+    model = build_spec_model(registry)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(f"{label}: " + format_validation_error(exc, model, registry)) from None
+
+
+def dump_spec(spec: Experiment, schema_ref: str | None = None) -> str:
+    text = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+    return (SCHEMA_HEADER.format(schema=schema_ref) if schema_ref else "") + text
+
+
+# ----------------------------------------------------------------------------------------------
+# Error messages: dotted path, bad value, the choices and the closest one
+
+
+def format_validation_error(exc: ValidationError, model: type[BaseModel], registry: Registry) -> str:
+    errors = exc.errors(include_url=False)
+    messages = [_format_one(err, model, registry) for err in errors[:3]]
+    more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+    return " | ".join(messages) + more
+
+
+def _format_one(err: dict[str, Any], model: type[BaseModel], registry: Registry) -> str:
+    loc = tuple(err["loc"])
+    path, owner = _resolve(model, loc)
+    kind_of_error = err["type"]
+    if kind_of_error in {"union_tag_invalid", "union_tag_not_found"}:
+        kind = _slot_kind(loc)
+        choices = registry.names(kind) if kind else []
+        failed = getattr(registry, "failed_plugins", [])
+        failed_txt = f"; failed to load: {', '.join(failed)}" if failed else ""
+        if kind_of_error == "union_tag_not_found":
+            return f"{path}.name: missing; expected one of the installed {kind}s: {', '.join(choices)}{failed_txt}"
+        tag = err["ctx"]["tag"]
+        return (
+            f"{path}.name: unknown {kind} '{tag}';{did_you_mean(tag, choices)} "
+            f"installed: {', '.join(choices) or '(none)'}{failed_txt}"
+        )
+    if kind_of_error == "extra_forbidden":
+        allowed = sorted(owner.model_fields) if owner is not None else []
+        key = str(loc[-1])
+        return f"{path}: unknown key '{key}';{did_you_mean(key, allowed)} allowed keys: {', '.join(allowed)}"
+    if kind_of_error == "missing":
+        return f"{path}: required field missing"
+    value = err.get("input")
+    shown = repr(value) if not isinstance(value, dict | list) else type(value).__name__
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return f"{path}: {err['msg']} (got {shown})"
+
+
+def _slot_kind(loc: tuple[Any, ...]) -> str | None:
+    for element in reversed(loc):
+        if isinstance(element, str) and element in SLOT_KINDS:
+            return SLOT_KINDS[element]
+    return None
+
+
+def _resolve(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[str, type[BaseModel] | None]:
+    """Dotted user-facing path of `loc` (without union tags) and the model owning its last key."""
+    shown: list[str] = []
+    current: Any = model
+    owner: type[BaseModel] | None = None
+    for element in loc:
+        current = _strip_annotated(current)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            if _union_member(Union[current, None], element) is current:  # noqa: UP007 - a one-member slot
+                continue  # the discriminator tag: not part of the user's path
+            owner = current
+            field = current.model_fields.get(str(element))
+            shown.append(str(element))
+            current = field.annotation if field is not None else None
+            continue
+        origin = get_origin(current)
+        if origin is list and isinstance(element, int):
+            shown.append(str(element))
+            current = get_args(current)[0]
+        elif origin is Union:
+            member = _union_member(current, element)
+            if member is not None:  # element is the discriminator tag: not part of the user's path
+                current = member
+            else:
+                shown.append(str(element))
+                current = None
+        else:
+            shown.append(str(element))
+            current = None
+    current = _strip_annotated(current)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        owner = current
+    return ".".join(shown) or "<top>", owner
+
+
+def _strip_annotated(tp: Any) -> Any:
+    while get_origin(tp) is Annotated:
+        tp = get_args(tp)[0]
+    return tp
+
+
+def _union_member(union: Any, tag: Any) -> type[BaseModel] | None:
+    for member in get_args(union):
+        member = _strip_annotated(member)
+        if isinstance(member, type) and issubclass(member, BaseModel) and "name" in member.model_fields:
+            if get_args(member.model_fields["name"].annotation) == (tag,):
+                return member
+    return None

@@ -1,0 +1,193 @@
+"""Any timm image model as a per-frame video backbone, with weights only ever read from a local file."""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+# Set before timm imports huggingface_hub: the network is closed and a stray download must fail fast.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import timm  # noqa: E402
+import torch  # noqa: E402
+from pydantic import Field  # noqa: E402
+from timm.data import resolve_model_data_config  # noqa: E402
+from torch import nn  # noqa: E402
+
+from detach_framework.contracts import VideoBackboneParams  # noqa: E402
+from detach_framework.errors import PluginError, UserError  # noqa: E402
+
+# timm reports checkpoint keys it could not place only through this logger (at INFO), never by raising.
+_TIMM_BUILDER_LOGGER = "timm.models._builder"
+_MISSING_KEYS = re.compile(r"Missing keys \((.*)\) discovered")
+
+
+class TimmBackboneParams(VideoBackboneParams):
+    """Params of the `timm` video backbone."""
+
+    model: str = Field(default="resnet18", description="timm model name (see timm.list_models())")
+    pretrained: bool = Field(
+        default=False,
+        description="start from trained weights; they must come from `weights_file` (nothing is downloaded)",
+    )
+    weights_file: str | None = Field(
+        default=None,
+        description="local checkpoint (.pth/.bin/.safetensors) loaded through timm's pretrained path "
+        "(classifier dropped, position embeddings resized); setting it implies pretrained",
+    )
+    pool: bool = Field(
+        default=False,
+        description="return the model's pooled pre-logits vector per frame as 1x1 maps, not feature maps",
+    )
+    img_size: int | None = Field(
+        default=None,
+        gt=0,
+        description="input size for models built for a fixed size (ViTs); null keeps the model's default",
+    )
+    drop_path_rate: float = Field(
+        default=0.0, ge=0.0, lt=1.0, description="stochastic depth rate for models that support it"
+    )
+
+
+def _check_model_name(name: str) -> None:
+    if timm.is_model(name):
+        return
+    close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+    hint = f" close matches: {', '.join(close)};" if close else ""
+    raise UserError(f"unknown timm model '{name}';{hint} see timm.list_models() for the names")
+
+
+class _MissingKeyCatcher(logging.Handler):
+    """Collects the key names of timm's 'Missing keys (...)' message while a checkpoint loads."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.keys: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        match = _MISSING_KEYS.match(record.getMessage())
+        if match:
+            self.keys += [key.strip() for key in match.group(1).split(",")]
+
+
+def _create(params: TimmBackboneParams) -> nn.Module:
+    kwargs: dict[str, Any] = {"num_classes": 0}  # no classifier: only features are used
+    overlay: dict[str, Any] = {}
+    if params.img_size is not None:
+        kwargs["img_size"] = params.img_size
+        # Keep the data config (input_size) in step with the size the model is built for.
+        overlay["input_size"] = (3, params.img_size, params.img_size)
+    if params.drop_path_rate > 0:
+        kwargs["drop_path_rate"] = params.drop_path_rate
+
+    if params.weights_file is None:
+        if params.pretrained:
+            raise UserError(
+                f"timm backbone '{params.model}': pretrained=true needs weights_file, a local checkpoint; "
+                "nothing is downloaded (the network is closed). Save the weights on a connected machine "
+                "and set weights_file to that path, or set pretrained=false for random init"
+            )
+        try:
+            return timm.create_model(params.model, pretrained=False, pretrained_cfg_overlay=overlay, **kwargs)
+        except TypeError as exc:  # a kwarg (img_size, drop_path_rate) this architecture does not take
+            raise UserError(f"timm model '{params.model}' rejects its params: {exc}") from exc
+
+    path = Path(params.weights_file).expanduser()
+    if not path.is_file():
+        raise UserError(f"timm backbone '{params.model}': weights_file not found: {path}")
+    # An explicit file outranks any url/hub source in the model's pretrained config; source '' keeps a
+    # registry 'hf-hub' source from taking precedence over it.
+    overlay.update(file=str(path), source="")
+    catcher = _MissingKeyCatcher()
+    logger = logging.getLogger(_TIMM_BUILDER_LOGGER)
+    old_level = logger.level
+    logger.addHandler(catcher)
+    logger.setLevel(logging.INFO)
+    try:
+        model = timm.create_model(params.model, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+    except TypeError as exc:
+        raise UserError(f"timm model '{params.model}' rejects its params: {exc}") from exc
+    except Exception as exc:  # unreadable file, wrong shapes: all are a bad weights_file
+        first = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        raise UserError(f"timm backbone '{params.model}': cannot load weights_file {path}: {first}") from exc
+    finally:
+        logger.removeHandler(catcher)
+        logger.setLevel(old_level)
+    # timm loads non-strictly once the classifier is dropped, so a checkpoint of another architecture
+    # would leave the model silently random: refuse when any parameter (buffers may be derived) is missing.
+    parameters = dict(model.named_parameters())
+    missing = [key for key in catcher.keys if key in parameters]
+    if missing:
+        raise UserError(
+            f"timm backbone '{params.model}': weights_file {path} lacks {len(missing)} of the model's "
+            f"parameters (e.g. {', '.join(missing[:3])}); is it a checkpoint of another architecture?"
+        )
+    return model
+
+
+class TimmVideoBackbone(nn.Module):
+    """forward(video [B, T, 3, H, W]) -> maps [B, T, D, h, w] (h = w = 1 with `pool`).
+
+    CNN feature maps pass through; ViT-style tokens lose their prefix (class/register) tokens and are
+    folded back into the patch grid.
+    """
+
+    def __init__(self, params: TimmBackboneParams) -> None:
+        super().__init__()
+        _check_model_name(params.model)
+        self.model = _create(params)
+        self.pool = params.pool
+        # Pre-logits can be wider than the feature maps (e.g. a conv head in MobileNetV3).
+        pooled_dim = getattr(self.model, "head_hidden_size", None) or self.model.num_features
+        self.feature_dim: int = int(pooled_dim if params.pool else self.model.num_features)
+        config = resolve_model_data_config(self.model)
+        self.mean: tuple[float, float, float] = tuple(float(v) for v in config["mean"])  # type: ignore[assignment]
+        self.std: tuple[float, float, float] = tuple(float(v) for v in config["std"])  # type: ignore[assignment]
+        self.input_size: tuple[int, int, int] = tuple(int(v) for v in config["input_size"])  # type: ignore[assignment]
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        if video.ndim != 5:
+            raise ValueError(f"timm backbone expects video [B, T, 3, H, W], got shape {tuple(video.shape)}")
+        batch, frames, _, height, width = video.shape
+        # All frames as one batch of B*T images: one model call instead of a loop over time.
+        features = self.model.forward_features(video.flatten(0, 1))
+        if self.pool:
+            vectors = self.model.forward_head(features, pre_logits=True)
+            maps = vectors[:, :, None, None]
+        else:
+            maps = self._to_maps(features, height, width)
+        return maps.unflatten(0, (batch, frames))
+
+    def _to_maps(self, features: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        if features.ndim == 4:
+            # Swin-style models emit channels-last maps.
+            if getattr(self.model, "output_fmt", "NCHW") == "NHWC":
+                features = features.permute(0, 3, 1, 2)
+            return features
+        if features.ndim != 3:
+            raise PluginError(
+                f"timm model output of shape {tuple(features.shape)} is neither maps nor tokens"
+            )
+        tokens = features[:, getattr(self.model, "num_prefix_tokens", 0) :]
+        count = tokens.shape[1]
+        grid = self._grid(count, height, width)
+        if grid is None:
+            raise PluginError(
+                f"cannot fold {count} patch tokens of timm model into a grid for {height}x{width} frames"
+            )
+        return tokens.transpose(1, 2).unflatten(2, grid)
+
+    def _grid(self, count: int, height: int, width: int) -> tuple[int, int] | None:
+        patch_embed = getattr(self.model, "patch_embed", None)
+        if patch_embed is not None and hasattr(patch_embed, "dynamic_feat_size"):
+            # The patch embedding knows its stride/padding, which also handles non-square frames.
+            rows, cols = patch_embed.dynamic_feat_size((height, width))
+            if rows * cols == count:
+                return int(rows), int(cols)
+        side = math.isqrt(count)
+        return (side, side) if side * side == count else None
