@@ -165,11 +165,12 @@ def build_spec_model(registry: Registry) -> type[Experiment]:
     stage = create_model(
         "StageSpec", __base__=StageSpec, aligner=(slot["aligner"], ...), loss=(slot["loss"], ...)
     )
+    evaluator_slot = slot["evaluator"]
     evaluation = create_model(
         "EvalSpec",
         __base__=EvalSpec,
         evaluators=(
-            list[slot["evaluator"]],
+            list[evaluator_slot],  # type: ignore[valid-type]
             Field(default_factory=list, description="Evaluators run after training."),
         ),
     )
@@ -297,7 +298,8 @@ def _format_one(err: dict[str, Any], model: type[BaseModel], registry: Registry)
         failed = getattr(registry, "failed_plugins", [])
         failed_txt = f"; failed to load: {', '.join(failed)}" if failed else ""
         if kind_of_error == "union_tag_not_found":
-            return f"{path}.name: missing; expected one of the installed {kind}s: {', '.join(choices)}{failed_txt}"
+            installed = ", ".join(choices)
+            return f"{path}.name: missing; expected one of the installed {kind}s: {installed}{failed_txt}"
         tag = err["ctx"]["tag"]
         return (
             f"{path}.name: unknown {kind} '{tag}';{did_you_mean(tag, choices)} "

@@ -58,7 +58,8 @@ class RunDirectory:
             shutil.rmtree(path)
         elif non_empty and not resume:
             raise UserError(
-                f"run directory {path} is not empty: pass --resume to continue it or --overwrite to replace it"
+                f"run directory {path} is not empty: "
+                "pass --resume to continue it or --overwrite to replace it"
             )
         elif resume and not non_empty:
             raise UserError(f"nothing to resume: run directory {path} is empty or missing")

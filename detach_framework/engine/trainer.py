@@ -237,7 +237,8 @@ class Trainer:
             loss = out["loss"]
             if not torch.isfinite(loss):
                 raise UserError(
-                    f"stage '{stage.name}' epoch {epoch}: loss became {loss.item()} (try a lower optimizer.lr)"
+                    f"stage '{stage.name}' epoch {epoch}: loss became {loss.item()} "
+                    "(try a lower optimizer.lr)"
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
