@@ -1,0 +1,129 @@
+"""Params of the synthetic kitchen, its presets, and the resolved knob values generation runs with."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Literal
+
+from pydantic import Field
+
+from detach_framework.registry import ComponentParams
+
+PresetName = Literal["tiny", "quickstart", "benchmark"]
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """Every generation and rendering knob, resolved (no None): what a stored dataset records."""
+
+    subjects: int
+    recordings_per_subject: int
+    recording_seconds: float
+    sensor_noise_std: float
+    crosstalk_gain: float
+    walking_vibration_gain: float
+    nan_burst_rate: float
+    max_clock_offset_s: float
+    flicker_amplitude: float
+    camera_jitter_px: float
+    fixture_motion_px: float
+    speed_spread: float
+    amplitude_spread: float
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Knobs:
+        names = {f.name for f in fields(cls)}
+        missing, extra = names - set(values), set(values) - names
+        if missing or extra:
+            raise ValueError(f"knobs: missing {sorted(missing)}, unexpected {sorted(extra)}")
+        return cls(**values)
+
+
+# The nuisance levels are the same in every preset so that a model tuned on quickstart transfers; the
+# presets differ in size only.
+_NUISANCE = dict(
+    sensor_noise_std=0.03,
+    crosstalk_gain=0.25,
+    walking_vibration_gain=0.15,
+    nan_burst_rate=0.5,
+    max_clock_offset_s=0.25,
+    flicker_amplitude=0.05,
+    camera_jitter_px=0.5,
+    fixture_motion_px=2.0,
+    speed_spread=0.15,
+    amplitude_spread=0.2,
+)
+PRESETS: dict[str, Knobs] = {
+    "tiny": Knobs(subjects=3, recordings_per_subject=2, recording_seconds=24.0, **_NUISANCE),
+    "quickstart": Knobs(subjects=6, recordings_per_subject=4, recording_seconds=64.0, **_NUISANCE),
+    "benchmark": Knobs(subjects=10, recordings_per_subject=5, recording_seconds=80.0, **_NUISANCE),
+}
+
+
+class SyntheticKitchenParams(ComponentParams):
+    """Synthetic kitchen: a preset plus optional knob overrides (None keeps the preset's value)."""
+
+    preset: PresetName = Field(
+        "quickstart",
+        description="Size preset: 'tiny' (unit tests, ~50 windows per split), 'quickstart' (~1000 train "
+        "windows), 'benchmark' (~4000 windows).",
+    )
+    subjects: int | None = Field(
+        None, ge=3, description="Number of subjects (split subject-wise into train/val/test; at least 3)."
+    )
+    recordings_per_subject: int | None = Field(None, ge=1, description="Recordings per subject.")
+    recording_seconds: float | None = Field(
+        None, ge=10.0, description="Length of each recording in seconds (sensor clock)."
+    )
+    sensor_noise_std: float | None = Field(
+        None, ge=0.0, description="Gaussian noise std on every channel, in units of an action's peak."
+    )
+    crosstalk_gain: float | None = Field(
+        None, ge=0.0, description="Fraction of a fixture's vibration felt by its nearest neighbour's accelerometer."
+    )
+    walking_vibration_gain: float | None = Field(
+        None, ge=0.0, description="Footstep vibration on every accelerometer, in units of an action's peak."
+    )
+    nan_burst_rate: float | None = Field(
+        None, ge=0.0, description="NaN bursts (packet loss) per channel group per minute of raw stream."
+    )
+    max_clock_offset_s: float | None = Field(
+        None, ge=0.0, description="Each recording's video clock is offset by U(-max, max) seconds."
+    )
+    flicker_amplitude: float | None = Field(
+        None, ge=0.0, le=0.5, description="Relative amplitude of the global illumination flicker."
+    )
+    camera_jitter_px: float | None = Field(
+        None, ge=0.0, description="Camera shake std in pixels at a 64-pixel frame (scales with frame size)."
+    )
+    fixture_motion_px: float | None = Field(
+        None,
+        ge=0.0,
+        description="How far a fully open fixture's panel shifts, in pixels at a 64-pixel frame (the P1 "
+        "signal; scales with frame size).",
+    )
+    speed_spread: float | None = Field(
+        None, ge=0.0, le=1.0, description="Log-std of the per-subject speed factor (walking and actions)."
+    )
+    amplitude_spread: float | None = Field(
+        None, ge=0.0, le=1.0, description="Log-std of the per-subject acceleration amplitude factor."
+    )
+    root: str | None = Field(
+        None,
+        description="Read a dataset previously written by SyntheticKitchen.export from this directory "
+        "instead of generating one (knob overrides and a different preset or seed are then errors).",
+    )
+    seed: int | None = Field(None, description="Generation seed; None uses data.seed.")
+
+    def knob_overrides(self) -> dict[str, float | int]:
+        """The knobs this params set explicitly (not None)."""
+        names = [f.name for f in fields(Knobs)]
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+    def resolve_knobs(self) -> Knobs:
+        base = PRESETS[self.preset].to_dict()
+        base.update(self.knob_overrides())
+        return Knobs(**base)

@@ -1,0 +1,353 @@
+"""Ground truth of the synthetic kitchen: per recording a timeline of visits, the person's path, and the
+raw 30 Hz ambient sensor stream (with its nuisances) that this timeline produces.
+
+Everything a renderer or a window needs is stored on `Recording`, so an exported dataset read back from
+disk reproduces the same samples without regenerating anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from .layout import (
+    ACTION_SECONDS,
+    ACTIVITIES,
+    CLOSE,
+    FIXTURE_NAMES,
+    FIXTURES,
+    IDLE_SPOTS,
+    NUM_FIXTURES,
+    OPEN,
+    REED_THRESHOLDS,
+    SENSOR_RATE_HZ,
+    STEP_LENGTH,
+    VISIT_FEET_Y,
+    WALK_SPEED,
+    channel_layout,
+    class_index,
+    crosstalk_weights,
+    template_accel,
+    template_extent,
+)
+from .presets import Knobs
+
+# How long the arm takes to reach for the handle before an open and to drop after a close.
+REACH_RAMP_S = 0.25
+
+
+@dataclass
+class Recording:
+    """One recording's ground truth. Times are seconds on the sensor clock; the video clock reads
+    `t + clock_offset` at sensor time t."""
+
+    rec_id: int
+    subject: int
+    activity: int
+    duration: float
+    clock_offset: float
+    speed: float
+    amplitude: float
+    sensor: np.ndarray  # [C, N] float32 raw stream at SENSOR_RATE_HZ, NaN where packets were lost
+    visit_fixture: np.ndarray  # [V] int64
+    open_on: np.ndarray  # [V] float64 onset of each visit's open
+    open_dur: np.ndarray  # [V]
+    close_on: np.ndarray  # [V]
+    close_dur: np.ndarray  # [V]
+    kf_t: np.ndarray  # [K] person keyframes: time, feet x, feet y, path length walked so far
+    kf_x: np.ndarray
+    kf_y: np.ndarray
+    kf_s: np.ndarray
+    shirt: np.ndarray  # [3] RGB in [0, 1]
+    flicker_freq: np.ndarray  # [2] Hz
+    flicker_phase: np.ndarray  # [2]
+    jitter_freq: np.ndarray  # [2, 3] Hz, per image axis a sum of three sines
+    jitter_phase: np.ndarray  # [2, 3]
+
+    SCALARS = ("rec_id", "subject", "activity", "duration", "clock_offset", "speed", "amplitude")
+
+    @classmethod
+    def array_fields(cls) -> list[str]:
+        return [f.name for f in fields(cls) if f.name not in cls.SCALARS]
+
+    def actions(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(onset, duration, fixture, kind) of every open and close, sorted by onset."""
+        onset = np.concatenate([self.open_on, self.close_on])
+        dur = np.concatenate([self.open_dur, self.close_dur])
+        fixture = np.concatenate([self.visit_fixture, self.visit_fixture])
+        kind = np.concatenate([np.full(len(self.open_on), OPEN), np.full(len(self.close_on), CLOSE)])
+        order = np.argsort(onset, kind="stable")
+        return onset[order], dur[order], fixture[order].astype(np.int64), kind[order].astype(np.int64)
+
+    def action_labels(self) -> np.ndarray:
+        _, _, fixture, kind = self.actions()
+        return np.asarray([class_index(int(f), int(k)) for f, k in zip(fixture, kind, strict=True)], np.int64)
+
+
+def _seed_entropy(seed: int) -> int:
+    return int(seed) & 0xFFFFFFFFFFFFFFFF  # SeedSequence wants a non-negative int
+
+
+def generate_recordings(knobs: Knobs, seed: int) -> list[Recording]:
+    """All recordings of all subjects, deterministic in (knobs, seed)."""
+    recordings: list[Recording] = []
+    for subject in range(knobs.subjects):
+        traits = np.random.default_rng(np.random.SeedSequence([_seed_entropy(seed), 1, subject]))
+        speed = float(np.exp(knobs.speed_spread * traits.standard_normal()).clip(0.6, 1.6))
+        amplitude = float(np.exp(knobs.amplitude_spread * traits.standard_normal()).clip(0.5, 2.0))
+        first_activity = int(traits.integers(len(ACTIVITIES)))
+        shirt = _shirt_colour(traits)
+        for r in range(knobs.recordings_per_subject):
+            activity = (first_activity + r) % len(ACTIVITIES)
+            recordings.append(
+                _generate_recording(
+                    knobs, seed, len(recordings), subject, r, activity, speed, amplitude, shirt
+                )
+            )
+    return recordings
+
+
+def _shirt_colour(rng: np.random.Generator) -> np.ndarray:
+    hue = rng.uniform(0, 1)
+    rgb = 0.5 + 0.35 * np.cos(2 * np.pi * (hue + np.array([0.0, 1 / 3, 2 / 3])))
+    return rgb.astype(np.float64)
+
+
+def _generate_recording(
+    knobs: Knobs,
+    seed: int,
+    rec_id: int,
+    subject: int,
+    index: int,
+    activity: int,
+    speed: float,
+    amplitude: float,
+    shirt: np.ndarray,
+) -> Recording:
+    # Separate streams per concern, so e.g. switching NaN bursts off leaves the timeline unchanged.
+    ss = np.random.SeedSequence([_seed_entropy(seed), 2, subject, index])
+    timeline_rng, sensor_rng, nan_rng, video_rng = (np.random.default_rng(s) for s in ss.spawn(4))
+    duration = float(knobs.recording_seconds)
+    visits, keyframes = _timeline(timeline_rng, activity, duration, speed)
+    rec = Recording(
+        rec_id=rec_id,
+        subject=subject,
+        activity=activity,
+        duration=duration,
+        clock_offset=float(video_rng.uniform(-knobs.max_clock_offset_s, knobs.max_clock_offset_s)),
+        speed=speed,
+        amplitude=amplitude,
+        sensor=np.zeros((0, 0), np.float32),
+        visit_fixture=np.asarray([v[0] for v in visits], np.int64),
+        open_on=np.asarray([v[1] for v in visits], np.float64),
+        open_dur=np.asarray([v[2] for v in visits], np.float64),
+        close_on=np.asarray([v[3] for v in visits], np.float64),
+        close_dur=np.asarray([v[4] for v in visits], np.float64),
+        kf_t=keyframes[:, 0].copy(),
+        kf_x=keyframes[:, 1].copy(),
+        kf_y=keyframes[:, 2].copy(),
+        kf_s=keyframes[:, 3].copy(),
+        shirt=shirt.copy(),
+        flicker_freq=np.array([video_rng.uniform(0.2, 1.0), video_rng.uniform(2.0, 5.0)]),
+        flicker_phase=video_rng.uniform(0, 2 * np.pi, 2),
+        jitter_freq=video_rng.uniform(0.5, 6.0, (2, 3)),
+        jitter_phase=video_rng.uniform(0, 2 * np.pi, (2, 3)),
+    )
+    rec.sensor = synthesize_sensor(rec, knobs, sensor_rng, nan_rng)
+    return rec
+
+
+def _timeline(
+    rng: np.random.Generator, activity: int, duration: float, speed: float
+) -> tuple[list[tuple[int, float, float, float, float]], np.ndarray]:
+    """Visits (fixture, open onset, open duration, close onset, close duration) and person keyframes."""
+    script = [FIXTURE_NAMES.index(name) for name in ACTIVITIES[activity][1]]
+    x, y = IDLE_SPOTS[int(rng.integers(len(IDLE_SPOTS)))]
+    t, walked = 0.0, 0.0
+    keyframes = [(0.0, x, y, 0.0)]
+
+    def move(nx: float, ny: float) -> None:
+        nonlocal t, x, y, walked
+        dist = float(np.hypot(nx - x, ny - y))
+        if dist > 1e-9:
+            t += dist / (WALK_SPEED * speed)
+            walked += dist
+            x, y = nx, ny
+            keyframes.append((t, x, y, walked))
+
+    def stay(seconds: float) -> None:
+        nonlocal t
+        if seconds > 0:
+            t += seconds
+            keyframes.append((t, x, y, walked))
+
+    def walk_time(nx: float, ny: float, fx: float, fy: float) -> float:
+        return float(np.hypot(nx - fx, ny - fy)) / (WALK_SPEED * speed)
+
+    stay(rng.uniform(0.0, 2.0))  # the first onset falls anywhere
+    visits: list[tuple[int, float, float, float, float]] = []
+    step = 0
+    while True:
+        fixture = script[step % len(script)]
+        idle = IDLE_SPOTS[int(rng.integers(len(IDLE_SPOTS)))] if rng.random() < 0.35 else None
+        idle_s = rng.uniform(1.0, 3.5)
+        spot = (FIXTURES[fixture].spot + rng.normal(0.0, 0.015), VISIT_FEET_Y)
+        approach = rng.uniform(0.3, 0.8)  # the arm reaches out during the last REACH_RAMP_S of it
+        open_dur = ACTION_SECONDS / speed * rng.uniform(0.85, 1.15)
+        hold = rng.uniform(0.4, 2.5) / speed
+        close_dur = ACTION_SECONDS / speed * rng.uniform(0.85, 1.15)
+        linger = rng.uniform(0.3, 1.0)
+        start = (x, y) if idle is None else idle
+        need = walk_time(*spot, *start) + approach + open_dur + hold + close_dur + linger
+        if idle is not None:
+            need += walk_time(*idle, x, y) + idle_s
+        if t + need > duration - 0.1:
+            break
+        if idle is not None:
+            move(*idle)
+            stay(idle_s)
+        move(*spot)
+        stay(approach)
+        open_on = t
+        close_on = open_on + open_dur + hold
+        stay(open_dur + hold + close_dur + linger)
+        visits.append((fixture, open_on, open_dur, close_on, close_dur))
+        step += 1
+    if t < duration:
+        stay(duration - t)
+    return visits, np.asarray(keyframes, np.float64)
+
+
+def visit_extent(times: np.ndarray, open_on: float, open_dur: float, close_on: float, close_dur: float):
+    """Opening extent of one visit's fixture at the given times: open template, held open, close template."""
+    extent = np.zeros_like(times, dtype=np.float64)
+    opening = (times >= open_on) & (times < open_on + open_dur)
+    extent[opening] = template_extent(OPEN, (times[opening] - open_on) / open_dur)
+    extent[(times >= open_on + open_dur) & (times < close_on)] = 1.0
+    closing = (times >= close_on) & (times <= close_on + close_dur)
+    extent[closing] = template_extent(CLOSE, (times[closing] - close_on) / close_dur)
+    return extent
+
+
+def fixture_extents(rec: Recording, times: np.ndarray) -> np.ndarray:
+    """[len(times), F] opening extent of every fixture."""
+    out = np.zeros((len(times), NUM_FIXTURES))
+    for v in range(len(rec.visit_fixture)):
+        lo, hi = rec.open_on[v], rec.close_on[v] + rec.close_dur[v]
+        if times.size and (times.max() < lo or times.min() > hi):
+            continue
+        out[:, rec.visit_fixture[v]] += visit_extent(
+            times, rec.open_on[v], rec.open_dur[v], rec.close_on[v], rec.close_dur[v]
+        )
+    return out
+
+
+def synthesize_sensor(
+    rec: Recording, knobs: Knobs, rng: np.random.Generator, nan_rng: np.random.Generator
+) -> np.ndarray:
+    """The raw [C, N] stream: reed levels, fixture accelerations with cross-talk, footsteps, noise, NaN."""
+    layout = channel_layout()
+    n = int(round(rec.duration * SENSOR_RATE_HZ))
+    t = np.arange(n) / SENSOR_RATE_HZ
+    sig = np.zeros((len(layout.names), n))
+    axes = np.array([f.axis for f in FIXTURES])
+    axes /= np.linalg.norm(axes, axis=1, keepdims=True)
+    cross = crosstalk_weights()
+    for f, fx in enumerate(FIXTURES):
+        sig[layout.accel[f]] += np.asarray(fx.gravity)[:, None]
+    extents = fixture_extents(rec, t)
+    for f, chans in layout.reed.items():
+        for j, threshold in enumerate(REED_THRESHOLDS[len(chans)]):
+            sig[chans[j]] = (extents[:, f] > threshold).astype(np.float64)
+    onset, dur, fixture, kind = rec.actions()
+    for on, d, f, k in zip(onset, dur, fixture, kind, strict=True):
+        strength = rec.amplitude * rng.uniform(0.85, 1.15)
+        accel = strength * template_accel(int(k), (t - on) / d)
+        sig[layout.accel[f]] += axes[f][:, None] * accel
+        for g in range(NUM_FIXTURES):
+            if g != f and knobs.crosstalk_gain * cross[f, g] > 1e-4:
+                sig[layout.accel[g]] += knobs.crosstalk_gain * cross[f, g] * axes[g][:, None] * accel
+    _add_footsteps(sig, rec, t, knobs.walking_vibration_gain, layout.accel, rng)
+    sig += knobs.sensor_noise_std * rng.standard_normal(sig.shape)
+    for group in layout.groups:  # packet loss drops a whole sensor node at once
+        for _ in range(nan_rng.poisson(knobs.nan_burst_rate * rec.duration / 60.0)):
+            start = nan_rng.uniform(0.0, rec.duration)
+            length = nan_rng.uniform(0.3, 3.0)
+            i0, i1 = int(start * SENSOR_RATE_HZ), int((start + length) * SENSOR_RATE_HZ) + 1
+            sig[np.ix_(group, np.arange(i0, min(i1, n)))] = np.nan
+    return sig.astype(np.float32)
+
+
+def _add_footsteps(
+    sig: np.ndarray,
+    rec: Recording,
+    t: np.ndarray,
+    gain: float,
+    accel: dict[int, np.ndarray],
+    rng: np.random.Generator,
+) -> None:
+    """Each footstep rings every accelerometer, louder near the person."""
+    walked = np.interp(t, rec.kf_t, rec.kf_s)
+    steps = np.floor(walked / STEP_LENGTH)
+    impulses = (np.diff(steps, prepend=steps[0]) > 0).astype(np.float64)
+    k = np.arange(12)
+    ringing = np.exp(-k / 2.5) * np.sin(2 * np.pi * 0.3 * (k + 0.5))  # ~9 Hz, decays in ~0.1 s
+    vibration = np.convolve(impulses, ringing)[: len(t)]
+    person_x = np.interp(t, rec.kf_t, rec.kf_x)
+    for f, chans in accel.items():
+        centre = (FIXTURES[f].rect[0] + FIXTURES[f].rect[2]) / 2
+        nearness = 1.0 / (1.0 + ((person_x - centre) / 0.25) ** 2)
+        projection = rng.uniform(0.5, 1.0, 3) * rng.choice([-1.0, 1.0], 3)
+        sig[chans] += gain * projection[:, None] * (nearness * vibration)[None]
+
+
+@dataclass
+class FrameStates:
+    """Everything the renderer needs per frame (T frames)."""
+
+    person_x: np.ndarray  # [T] feet position, normalised
+    person_y: np.ndarray  # [T]
+    step_phase: np.ndarray  # [T] radians of the gait cycle
+    moving: np.ndarray  # [T] 1 while walking, else 0
+    reach: np.ndarray  # [T] 0 arm down .. 1 hand on the handle
+    reach_fixture: np.ndarray  # [T] int, -1 when not reaching
+    extent: np.ndarray  # [T, F] opening extent per fixture
+    flicker: np.ndarray  # [T] global illumination gain
+    jitter: np.ndarray  # [T, 2] camera shake (dx, dy) in pixels at a 64-pixel frame
+
+
+def frame_states(
+    rec: Recording, video_times: np.ndarray, flicker_amplitude: float, jitter_px: float
+) -> FrameStates:
+    """Scene state at times on the video clock (already offset); times past either end clamp."""
+    t = np.clip(np.asarray(video_times, np.float64), 0.0, rec.duration)
+    walked = np.interp(t, rec.kf_t, rec.kf_s)
+    dt = 0.02
+    moving = (np.interp(t + dt, rec.kf_t, rec.kf_s) - np.interp(t - dt, rec.kf_t, rec.kf_s)) > 1e-9
+    reach = np.zeros_like(t)
+    reach_fixture = np.full(len(t), -1, np.int64)
+    for v in range(len(rec.visit_fixture)):
+        rise = np.clip((t - (rec.open_on[v] - REACH_RAMP_S)) / REACH_RAMP_S, 0.0, 1.0)
+        fall = np.clip(((rec.close_on[v] + rec.close_dur[v] + REACH_RAMP_S) - t) / REACH_RAMP_S, 0.0, 1.0)
+        amount = np.minimum(rise, fall)
+        take = amount > reach
+        reach[take] = amount[take]
+        reach_fixture[take] = rec.visit_fixture[v]
+    flicker = 1.0 + flicker_amplitude * (
+        0.6 * np.sin(2 * np.pi * rec.flicker_freq[0] * t + rec.flicker_phase[0])
+        + 0.4 * np.sin(2 * np.pi * rec.flicker_freq[1] * t + rec.flicker_phase[1])
+    )
+    waves = np.sin(2 * np.pi * rec.jitter_freq[None] * t[:, None, None] + rec.jitter_phase[None])
+    jitter = jitter_px * waves.sum(axis=-1) / np.sqrt(1.5)  # unit std per axis before scaling
+    return FrameStates(
+        person_x=np.interp(t, rec.kf_t, rec.kf_x),
+        person_y=np.interp(t, rec.kf_t, rec.kf_y),
+        step_phase=2 * np.pi * walked / (2 * STEP_LENGTH),
+        moving=moving.astype(np.float64),
+        reach=reach,
+        reach_fixture=reach_fixture,
+        extent=fixture_extents(rec, t),
+        flicker=flicker,
+        jitter=jitter,
+    )

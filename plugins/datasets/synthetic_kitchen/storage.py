@@ -1,0 +1,111 @@
+"""Export the generated ground truth to disk and read it back: manifest.json + one .npz per recording.
+
+No pickle anywhere: arrays go through np.savez and come back with np.load(allow_pickle=False).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from detach_framework.errors import UserError
+
+from .layout import SENSOR_RATE_HZ, channel_layout
+from .presets import Knobs
+from .scene import Recording
+
+FORMAT = "detach-synthetic-kitchen"
+VERSION = 1
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class StoredKitchen:
+    preset: str
+    seed: int
+    knobs: Knobs
+    recordings: list[Recording]
+
+
+def export_recordings(out_dir: Path, preset: str, seed: int, knobs: Knobs, recordings: list[Recording]) -> None:
+    """Write into a temporary sibling directory, then rename it into place (all or nothing)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise UserError(f"synthetic_kitchen export: {out_dir} exists and is not an empty directory")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        entries = []
+        for rec in recordings:
+            name = f"recording_{rec.rec_id:04d}.npz"
+            with open(tmp / name, "wb") as fh:
+                np.savez(fh, **{k: np.asarray(getattr(rec, k)) for k in Recording.array_fields()})
+            entries.append({"file": name, **{k: getattr(rec, k) for k in Recording.SCALARS}})
+        manifest = {
+            "format": FORMAT,
+            "version": VERSION,
+            "preset": preset,
+            "seed": seed,
+            "sensor_rate_hz": SENSOR_RATE_HZ,
+            "channel_names": channel_layout().names,
+            "knobs": knobs.to_dict(),
+            "recordings": entries,
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        if out_dir.exists():
+            out_dir.rmdir()  # empty (checked above): rename cannot replace a directory portably
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def load_recordings(root: Path) -> StoredKitchen:
+    """Read an exported kitchen; every problem is a UserError naming the offending file."""
+    root = Path(root)
+    manifest_path = root / MANIFEST
+    if not manifest_path.is_file():
+        raise UserError(f"synthetic_kitchen root: {manifest_path} not found (write one with export)")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+            raise ValueError(f"not a {FORMAT} v{VERSION} manifest")
+        if manifest["channel_names"] != channel_layout().names:
+            raise ValueError("its channel layout differs from this version's")
+        if manifest["sensor_rate_hz"] != SENSOR_RATE_HZ:
+            raise ValueError(f"sensor rate {manifest['sensor_rate_hz']} != {SENSOR_RATE_HZ}")
+        knobs = Knobs.from_dict(manifest["knobs"])
+        preset, seed, entries = str(manifest["preset"]), int(manifest["seed"]), list(manifest["recordings"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"synthetic_kitchen root: bad {manifest_path}: {exc}") from None
+    recordings = [_load_recording(root, entry, manifest_path) for entry in entries]
+    return StoredKitchen(preset=preset, seed=seed, knobs=knobs, recordings=recordings)
+
+
+def _load_recording(root: Path, entry: dict, manifest_path: Path) -> Recording:
+    try:
+        name = str(entry["file"])
+        scalars = {k: entry[k] for k in Recording.SCALARS}
+    except (KeyError, TypeError) as exc:
+        raise UserError(f"synthetic_kitchen root: bad recording entry in {manifest_path}: {exc}") from None
+    path = root / name
+    if Path(name).name != name or not path.is_file():
+        raise UserError(f"synthetic_kitchen root: {path} not found (listed in {manifest_path})")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in Recording.array_fields()}
+        rec = Recording(**scalars, **arrays)
+        n = int(round(rec.duration * SENSOR_RATE_HZ))
+        if rec.sensor.shape != (len(channel_layout().names), n) or rec.sensor.dtype != np.float32:
+            raise ValueError(f"sensor is {rec.sensor.dtype}{list(rec.sensor.shape)}, expected float32 "
+                             f"[{len(channel_layout().names)}, {n}]")
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
+        raise UserError(f"synthetic_kitchen root: bad {path}: {exc}") from None
+    return rec

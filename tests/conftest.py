@@ -1,0 +1,55 @@
+"""Shared fixtures: the plugin host and a tiny spec that trains in seconds on the CPU."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from detach_framework.plugins import load_plugins
+
+TINY_SPEC: dict[str, Any] = {
+    "name": "tiny",
+    "seed": 7,
+    "data": {
+        "dataset": {"name": "synthetic_kitchen", "preset": "tiny"},
+        "frames": 4,
+        "frame_size": 32,
+        "sensor_length": 32,
+        "batch_size": 16,
+    },
+    "model": {
+        "video_backbone": {"name": "small_cnn", "channels": [8, 8, 16, 16]},
+        "video_head": {"name": "pooled_projection", "dim": 16},
+        "sensor_encoder": {"name": "imu2clip_sensor", "dim": 16, "channels": [8, 16, 16], "gru_hidden": 16},
+    },
+    "stages": [
+        {
+            "name": "align",
+            "epochs": 2,
+            "aligner": {"name": "global_contrastive"},
+            "loss": {"name": "infonce"},
+            "optimizer": {"lr": 1e-3},
+        }
+    ],
+    "eval": {"evaluators": [{"name": "linear_probe", "epochs": 5}, {"name": "retrieval"}]},
+    "runtime": {"device": "cpu", "progress": "off", "tensorboard": False},
+}
+
+
+def tiny_spec(**changes: Any) -> dict[str, Any]:
+    """A deep copy of the tiny spec with top-level sections replaced."""
+    spec = copy.deepcopy(TINY_SPEC)
+    spec.update(copy.deepcopy(changes))
+    return spec
+
+
+@pytest.fixture(scope="session")
+def host():
+    return load_plugins()
+
+
+@pytest.fixture(scope="session")
+def registry(host):
+    return host.registry
