@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import traceback
 from pathlib import Path
@@ -67,8 +66,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.debug:
-        os.environ["DETACH_DEBUG"] = "1"
     try:
         return COMMANDS[args.command](args) or 0
     except UserError as exc:
@@ -85,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 def _host(args: argparse.Namespace):
     from detach_framework.plugins import load_plugins
 
-    return load_plugins(args.plugin or [])
+    return load_plugins(args.plugin or [], debug=args.debug)
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:

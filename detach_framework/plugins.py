@@ -56,6 +56,7 @@ class PluginHost:
     registry: Registry = field(default_factory=Registry)
     plugins: list[PluginInfo] = field(default_factory=list)
     manager: pluggy.PluginManager = field(default_factory=lambda: _new_manager())
+    debug: bool = False  # print a failing plugin's traceback
 
     @property
     def failures(self) -> list[PluginInfo]:
@@ -84,7 +85,7 @@ class PluginHost:
             detail = f"{type(exc).__name__}: {exc}".splitlines()[0]
             self.plugins.append(PluginInfo(label, module_name, distribution, "failed", detail))
             self.registry.failed_plugins.append(f"{label} ({detail})")
-            if os.environ.get("DETACH_DEBUG"):
+            if self.debug:
                 traceback.print_exc()
         else:
             added = len(self.registry.components()) - before
@@ -107,7 +108,7 @@ def _new_manager() -> pluggy.PluginManager:
 
 
 def load_plugins(
-    extra_modules: list[str] | tuple[str, ...] = (), *, autoload: bool | None = None
+    extra_modules: list[str] | tuple[str, ...] = (), *, autoload: bool | None = None, debug: bool = False
 ) -> PluginHost:
     """Load the built-in plugins, third-party entry points (unless autoload is disabled) and modules.
 
@@ -115,7 +116,7 @@ def load_plugins(
     """
     if autoload is None:
         autoload = os.environ.get(DISABLE_AUTOLOAD_ENV, "").strip() not in {"1", "true", "yes"}
-    host = PluginHost()
+    host = PluginHost(debug=debug)
     for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         dist = ep.dist.name if ep.dist is not None else ""
         if not autoload and dist.replace("_", "-") != BUILTIN_DISTRIBUTION:

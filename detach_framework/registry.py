@@ -135,7 +135,7 @@ class Registry:
     def build(self, kind: str, spec: BaseModel, **context: Any) -> Any:
         """Build a component from its validated spec entry (the params model with its `name` tag)."""
         component = self.get(kind, spec.name)  # type: ignore[attr-defined]
-        values = {key: getattr(spec, key) for key in component.params.model_fields}
+        values = {key: value for key, value in vars(spec).items() if key != "name"}
         params = component.params.model_validate(values)
         return component.factory(params, **context)
 

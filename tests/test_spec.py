@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import tiny_spec
+
 from detach_framework.errors import UserError
 from detach_framework.spec import apply_override, json_schema, load_spec
 
@@ -25,7 +25,10 @@ def test_tiny_spec_validates_with_defaults(registry):
 
 def test_uid_ignores_runtime_but_not_results(registry):
     base = load_spec(tiny_spec(), registry)
-    assert load_spec(tiny_spec(), registry, ["data.num_workers=2", "runtime.device=auto", "name=x"]).uid == base.uid
+    assert (
+        load_spec(tiny_spec(), registry, ["data.num_workers=2", "runtime.device=auto", "name=x"]).uid
+        == base.uid
+    )
     assert load_spec(tiny_spec(), registry, ["seed=8"]).uid != base.uid
     assert load_spec(tiny_spec(), registry, ["stages.0.optimizer.lr=0.01"]).uid != base.uid
     assert base.uid.startswith("synthetic_kitchen-small_cnn-imu2clip_sensor-global_contrastive-")
@@ -35,8 +38,12 @@ def test_overrides_are_yaml_typed_with_list_indices(registry):
     spec = load_spec(
         tiny_spec(),
         registry,
-        ["stages.0.epochs=5", "model.video_backbone.channels=[4, 4, 8, 8]", "eval.evaluators.0.epochs=3",
-         "runtime.tensorboard=true"],
+        [
+            "stages.0.epochs=5",
+            "model.video_backbone.channels=[4, 4, 8, 8]",
+            "eval.evaluators.0.epochs=3",
+            "runtime.tensorboard=true",
+        ],
     )
     assert spec.stages[0].epochs == 5
     assert spec.model.video_backbone.channels == [4, 4, 8, 8]
@@ -47,15 +54,21 @@ def test_overrides_are_yaml_typed_with_list_indices(registry):
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("model.sensor_encoder.name=imu2clip_sensr",
-         "model.sensor_encoder.name: unknown sensor_encoder 'imu2clip_sensr'; did you mean 'imu2clip_sensor'? "
-         "installed: imu2clip_sensor"),
-        ("model.sensor_encoder.dimm=3",
-         "model.sensor_encoder.dimm: unknown key 'dimm'; did you mean 'dim'? allowed keys: channels, dim"),
+        (
+            "model.sensor_encoder.name=imu2clip_sensr",
+            "model.sensor_encoder.name: unknown sensor_encoder 'imu2clip_sensr'; did you mean 'imu2clip_sensor'? "
+            "installed: imu2clip_sensor",
+        ),
+        (
+            "model.sensor_encoder.dimm=3",
+            "model.sensor_encoder.dimm: unknown key 'dimm'; did you mean 'dim'? allowed keys: channels, dim",
+        ),
         ("stages.0.epochs=abc", "stages.0.epochs: Input should be a valid integer"),
         ("data.frame_size=-1", "data.frame_size: Input should be greater than or equal to 16 (got -1)"),
-        ("eval.evaluators.1.name=linear_prob", "eval.evaluators.1.name: unknown evaluator 'linear_prob'; "
-         "did you mean 'linear_probe'?"),
+        (
+            "eval.evaluators.1.name=linear_prob",
+            "eval.evaluators.1.name: unknown evaluator 'linear_prob'; did you mean 'linear_probe'?",
+        ),
         ("stages.0.aligner.name=nope", "stages.0.aligner.name: unknown aligner 'nope'; installed:"),
         ("datta.frames=3", "datta: unknown key 'datta'; did you mean 'data'?"),
     ],
@@ -106,7 +119,9 @@ def test_schema_file_is_current():
     from detach_framework.plugins import load_plugins
 
     builtins = load_plugins(autoload=False)
-    assert json.loads(SCHEMA.read_text()) == json_schema(builtins.registry), "schemas/ is stale: run `detach schema`"
+    assert json.loads(SCHEMA.read_text()) == json_schema(builtins.registry), (
+        "schemas/ is stale: run `detach schema`"
+    )
 
 
 def test_example_specs_reference_schema_and_validate(registry):

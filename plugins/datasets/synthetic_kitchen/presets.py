@@ -82,7 +82,9 @@ class SyntheticKitchenParams(ComponentParams):
         None, ge=0.0, description="Gaussian noise std on every channel, in units of an action's peak."
     )
     crosstalk_gain: float | None = Field(
-        None, ge=0.0, description="Fraction of a fixture's vibration felt by its nearest neighbour's accelerometer."
+        None,
+        ge=0.0,
+        description="Fraction of a fixture's vibration felt by its nearest neighbour's accelerometer.",
     )
     walking_vibration_gain: float | None = Field(
         None, ge=0.0, description="Footstep vibration on every accelerometer, in units of an action's peak."

@@ -34,7 +34,9 @@ class StoredKitchen:
     recordings: list[Recording]
 
 
-def export_recordings(out_dir: Path, preset: str, seed: int, knobs: Knobs, recordings: list[Recording]) -> None:
+def export_recordings(
+    out_dir: Path, preset: str, seed: int, knobs: Knobs, recordings: list[Recording]
+) -> None:
     """Write into a temporary sibling directory, then rename it into place (all or nothing)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
@@ -104,8 +106,10 @@ def _load_recording(root: Path, entry: dict, manifest_path: Path) -> Recording:
         rec = Recording(**scalars, **arrays)
         n = int(round(rec.duration * SENSOR_RATE_HZ))
         if rec.sensor.shape != (len(channel_layout().names), n) or rec.sensor.dtype != np.float32:
-            raise ValueError(f"sensor is {rec.sensor.dtype}{list(rec.sensor.shape)}, expected float32 "
-                             f"[{len(channel_layout().names)}, {n}]")
+            raise ValueError(
+                f"sensor is {rec.sensor.dtype}{list(rec.sensor.shape)}, expected float32 "
+                f"[{len(channel_layout().names)}, {n}]"
+            )
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
         raise UserError(f"synthetic_kitchen root: bad {path}: {exc}") from None
     return rec

@@ -1,0 +1,267 @@
+"""Windows, subject-wise splits and the torch Dataset of the synthetic kitchen."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from detach_framework.contracts import SPLITS
+from detach_framework.data.settings import DataSettings
+from detach_framework.errors import UserError
+
+from .layout import ACTIVITY_NAMES, CLASS_NAMES, FIXTURE_NAMES, SENSOR_RATE_HZ, channel_layout
+from .presets import Knobs
+from .render import KitchenRenderer
+from .scene import Recording, frame_states
+from .storage import export_recordings
+
+SPLIT_FRACTIONS = {"val": 0.2, "test": 0.2}  # of the subjects; the rest train
+DEAD_CHANNEL_NAN_FRACTION = 0.5  # a channel more NaN than this in a window carries no information
+
+
+def subject_splits(subjects: int, seed: int) -> dict[str, list[int]]:
+    """Disjoint subject sets per split, at least one subject each."""
+    if subjects < len(SPLITS):
+        raise UserError(f"synthetic_kitchen needs at least {len(SPLITS)} subjects, got {subjects}")
+    order = np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFFFFFFFFFF, 4])).permutation(
+        subjects
+    )
+    n_val = max(1, int(round(SPLIT_FRACTIONS["val"] * subjects)))
+    n_test = max(1, int(round(SPLIT_FRACTIONS["test"] * subjects)))
+    n_val = min(n_val, subjects - n_test - 1)
+    return {
+        "test": sorted(int(s) for s in order[:n_test]),
+        "val": sorted(int(s) for s in order[n_test : n_test + n_val]),
+        "train": sorted(int(s) for s in order[n_test + n_val :]),
+    }
+
+
+def resolve_nan(window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """NaN policy on one raw window [C, n]: a channel more than half NaN is zeroed (and flagged dead),
+    any other NaN is interpolated linearly, edge values held. Returns (filled, dead [C] bool)."""
+    window = np.asarray(window, np.float64)
+    missing = np.isnan(window)
+    dead = missing.mean(axis=1) > DEAD_CHANNEL_NAN_FRACTION
+    out = np.where(missing, 0.0, window)
+    out[dead] = 0.0
+    steps = np.arange(window.shape[1])
+    for c in np.flatnonzero(missing.any(axis=1) & ~dead):
+        ok = ~missing[c]
+        out[c] = np.interp(steps, steps[ok], window[c, ok])
+    return out, dead
+
+
+def resample_linear(x: np.ndarray, length: int) -> np.ndarray:
+    """Linear resampling of the last axis to `length` points spanning the same interval."""
+    n = x.shape[-1]
+    if n == 1:
+        return np.repeat(x, length, axis=-1)
+    pos = np.linspace(0.0, n - 1, length)
+    i0 = np.minimum(np.floor(pos).astype(np.int64), n - 2)
+    frac = pos - i0
+    return x[..., i0] * (1.0 - frac) + x[..., i0 + 1] * frac
+
+
+@dataclass
+class WindowTable:
+    """The windows of one split: where each one comes from and what it shows."""
+
+    recording: np.ndarray  # [N] index into SyntheticKitchen.recordings
+    start: np.ndarray  # [N] window start, seconds on the sensor clock
+    label: np.ndarray  # [N] int64
+    fixture: np.ndarray  # [N] int64, -1 for Null
+    subject: np.ndarray  # [N] int64
+    activity: np.ndarray  # [N] int64 recording-level activity
+
+
+def window_labels(
+    starts: np.ndarray,
+    window: float,
+    onset: np.ndarray,
+    dur: np.ndarray,
+    labels: np.ndarray,
+    fixtures: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Label of each window: the action overlapping it most, if it covers at least half of that action."""
+    starts, onset, dur, labels, fixtures = (np.asarray(a) for a in (starts, onset, dur, labels, fixtures))
+    n = len(starts)
+    if len(onset) == 0:
+        return np.zeros(n, np.int64), np.full(n, -1, np.int64)
+    ends = starts[:, None] + window
+    overlap = np.clip(
+        np.minimum(ends, (onset + dur)[None]) - np.maximum(starts[:, None], onset[None]), 0.0, None
+    )
+    best = overlap.argmax(axis=1)
+    rows = np.arange(n)
+    kept = (overlap[rows, best] > 0) & (overlap[rows, best] >= 0.5 * dur[best] - 1e-9)
+    return np.where(kept, labels[best], 0).astype(np.int64), np.where(kept, fixtures[best], -1).astype(
+        np.int64
+    )
+
+
+class SyntheticKitchen:
+    """The synthetic kitchen as a DatasetSource: 7 fixtures, 15 classes (Null + open/close per fixture)."""
+
+    def __init__(
+        self, recordings: list[Recording], knobs: Knobs, seed: int, preset: str, data: DataSettings
+    ) -> None:
+        layout = channel_layout()
+        self.class_names: list[str] = list(CLASS_NAMES)
+        self.channel_names: list[str] = list(layout.names)
+        self.fixture_names: list[str] = list(FIXTURE_NAMES)
+        self.activity_names: list[str] = list(ACTIVITY_NAMES)
+        self.channel_fixture: np.ndarray = layout.fixture.copy()  # fixture owning each channel
+        self.recordings = recordings
+        self.knobs = knobs
+        self.seed = int(seed)
+        self.preset = preset
+        self.data = data
+        self.renderer = KitchenRenderer(self.seed, knobs.fixture_motion_px)
+        self.subject_splits = subject_splits(knobs.subjects, self.seed)
+        self._check_settings(data)
+
+        windows = {name: self._windows(self.subject_splits[name]) for name in SPLITS}
+        raw = {name: self._sensor_windows(windows[name]) for name in SPLITS}
+        self.sensor_mean, self.sensor_std = _train_statistics(*raw["train"])  # train only, computed once
+        self._splits = {
+            name: KitchenSplit(
+                self, name, windows[name], _zscore(*raw[name], self.sensor_mean, self.sensor_std)
+            )
+            for name in SPLITS
+        }
+
+    def split(self, name: str) -> KitchenSplit:
+        if name not in self._splits:
+            raise UserError(f"unknown split '{name}'; expected one of: {', '.join(SPLITS)}")
+        return self._splits[name]
+
+    def export(self, out_dir: Path) -> None:
+        """Write the generated ground truth (readable back with params `root`)."""
+        export_recordings(Path(out_dir), self.preset, self.seed, self.knobs, self.recordings)
+
+    # ---- windows ----------------------------------------------------------------------------------
+
+    def _check_settings(self, data: DataSettings) -> None:
+        if data.window_seconds <= 0 or data.stride_seconds <= 0:
+            raise UserError("synthetic_kitchen: data.window_seconds and data.stride_seconds must be positive")
+        if data.window_seconds > self.knobs.recording_seconds:
+            raise UserError(
+                f"synthetic_kitchen: data.window_seconds {data.window_seconds} exceeds the recordings' "
+                f"{self.knobs.recording_seconds} s"
+            )
+        if data.frames < 1 or data.frame_size < 8 or data.sensor_length < 2:
+            raise UserError("synthetic_kitchen: needs data.frames >= 1, frame_size >= 8, sensor_length >= 2")
+
+    def _windows(self, subjects: list[int]) -> WindowTable:
+        w, stride = self.data.window_seconds, self.data.stride_seconds
+        parts: list[tuple[np.ndarray, ...]] = []
+        for r, rec in enumerate(self.recordings):
+            if rec.subject not in subjects:
+                continue
+            count = int(np.floor((rec.duration - w) / stride + 1e-9)) + 1
+            starts = np.arange(count) * stride
+            onset, dur, fixture, _ = rec.actions()
+            label, fix = window_labels(starts, w, onset, dur, rec.action_labels(), fixture)
+            parts.append(
+                (
+                    np.full(count, r),
+                    starts,
+                    label,
+                    fix,
+                    np.full(count, rec.subject),
+                    np.full(count, rec.activity),
+                )
+            )
+        # Every subject has a recording at least one window long (checked above), so parts is never empty.
+        rec_idx, start, label, fixture, subject, activity = (
+            np.concatenate(c) for c in zip(*parts, strict=True)
+        )
+        return WindowTable(
+            recording=rec_idx.astype(np.int64),
+            start=start.astype(np.float64),
+            label=label.astype(np.int64),
+            fixture=fixture.astype(np.int64),
+            subject=subject.astype(np.int64),
+            activity=activity.astype(np.int64),
+        )
+
+    def _sensor_windows(self, table: WindowTable) -> tuple[np.ndarray, np.ndarray]:
+        """NaN-resolved, resampled windows [N, C, L] (float64) and their dead-channel flags [N, C]."""
+        n = max(int(round(self.data.window_seconds * SENSOR_RATE_HZ)), 1)
+        length = self.data.sensor_length
+        channels = len(self.channel_names)
+        out = np.zeros((len(table.start), channels, length))
+        dead = np.zeros((len(table.start), channels), bool)
+        for r in np.unique(table.recording):
+            rows = np.flatnonzero(table.recording == r)
+            stream = self.recordings[r].sensor
+            k0 = np.minimum(np.rint(table.start[rows] * SENSOR_RATE_HZ).astype(np.int64), stream.shape[1] - n)
+            raw = stream[:, k0[:, None] + np.arange(n)].transpose(1, 0, 2).astype(np.float64)  # [W, C, n]
+            has_nan = np.isnan(raw).any(axis=(1, 2))
+            for j in np.flatnonzero(has_nan):
+                raw[j], dead[rows[j]] = resolve_nan(raw[j])
+            out[rows] = resample_linear(raw, length)
+        return out, dead
+
+
+def _train_statistics(x: np.ndarray, dead: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean/std over the train windows, ignoring windows where the channel was dead."""
+    live = (~dead)[:, :, None].astype(np.float64)
+    count = np.maximum(live.sum(axis=(0, 2)) * x.shape[2], 1.0)
+    mean = (x * live).sum(axis=(0, 2)) / count
+    var = (((x - mean[None, :, None]) ** 2) * live).sum(axis=(0, 2)) / count
+    std = np.sqrt(var)
+    std = np.where(std < 1e-6, 1.0, std)  # a channel that never moved in train stays unscaled
+    return mean, std
+
+
+def _zscore(x: np.ndarray, dead: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    z = (x - mean[None, :, None]) / std[None, :, None]
+    z[dead] = 0.0  # after scaling, so a dropped channel reads "no information" rather than a spike
+    return z.astype(np.float32)
+
+
+class KitchenSplit(torch.utils.data.Dataset):
+    """One split's windows. Sensors are precomputed; video is rendered lazily and deterministically."""
+
+    def __init__(self, kitchen: SyntheticKitchen, name: str, table: WindowTable, sensor: np.ndarray) -> None:
+        self.kitchen = kitchen
+        self.name = name
+        self.sensor = sensor  # [N, C, L] float32, z-scored with train statistics
+        self.recording = table.recording
+        self.start_seconds = table.start
+        self.labels = table.label
+        self.fixtures = table.fixture
+        self.subjects = table.subject
+        self.activity = table.activity
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def frame_times(self, i: int) -> np.ndarray:
+        """Video-clock times of window i's frames: uniform over the window, shifted by the clock offset."""
+        data = self.kitchen.data
+        rec = self.kitchen.recordings[self.recording[i]]
+        centres = (np.arange(data.frames) + 0.5) * data.window_seconds / data.frames
+        return self.start_seconds[i] + centres + rec.clock_offset
+
+    def video(self, i: int, size: int | None = None) -> np.ndarray:
+        """uint8 [T, 3, S, S] frames of window i."""
+        rec = self.kitchen.recordings[self.recording[i]]
+        knobs = self.kitchen.knobs
+        states = frame_states(rec, self.frame_times(i), knobs.flicker_amplitude, knobs.camera_jitter_px)
+        return self.kitchen.renderer.render(states, size or self.kitchen.data.frame_size, rec.shirt)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        i = range(len(self))[i]  # negative indices and IndexError like a sequence
+        return {
+            "video": torch.from_numpy(self.video(i)),
+            "sensor": torch.tensor(self.sensor[i]),  # a copy: callers may modify it in place
+            "label": torch.tensor(int(self.labels[i]), dtype=torch.int64),
+            "subject": torch.tensor(int(self.subjects[i]), dtype=torch.int64),
+            "fixture": torch.tensor(int(self.fixtures[i]), dtype=torch.int64),
+            "index": torch.tensor(i, dtype=torch.int64),
+        }

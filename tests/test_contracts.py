@@ -1,0 +1,162 @@
+"""Every registered component honours its kind's contract: builds from defaults, runs a dummy CPU batch
+with the right shapes, and round-trips its state_dict (like timm's test_models, over all components)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_spec
+from torch import nn
+
+from detach_framework.contracts import SAMPLE_KEYS, EmbeddingSet, EvalContext, EvalResult
+from detach_framework.data.settings import DataSettings
+from detach_framework.engine.model import AlignmentModel
+from detach_framework.plugins import load_plugins
+from detach_framework.spec import load_spec
+
+REGISTRY = load_plugins().registry
+
+
+def components(kind: str):
+    found = REGISTRY.components(kind)
+    return [pytest.param(c, id=c.name) for c in found] or [pytest.param(None, id="none-registered")]
+
+
+def build_default(component, **context):
+    if component is None:
+        pytest.skip("no component of this kind is registered")
+    return component.factory(component.params(), **context)
+
+
+def assert_state_dict_round_trip(make, inputs):
+    torch.manual_seed(1)
+    first = make().eval()
+    torch.manual_seed(2)
+    second = make().eval()
+    second.load_state_dict(first.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(first(*inputs), second(*inputs), atol=1e-6)
+
+
+@pytest.mark.parametrize("component", components("dataset"))
+def test_dataset_contract(component):
+    settings = DataSettings(frames=3, frame_size=32, sensor_length=24)
+    source = build_default(component, data=settings)
+    assert source.class_names and source.channel_names
+    for split in ("train", "val", "test"):
+        dataset = source.split(split)
+        assert len(dataset) > 0, split
+    sample = source.split("train")[0]
+    assert set(SAMPLE_KEYS) <= set(sample)
+    assert sample["video"].dtype == torch.uint8 and tuple(sample["video"].shape) == (3, 3, 32, 32)
+    assert sample["sensor"].dtype == torch.float32
+    assert tuple(sample["sensor"].shape) == (len(source.channel_names), 24)
+    assert torch.isfinite(sample["sensor"]).all()
+    assert 0 <= int(sample["label"]) < len(source.class_names)
+    assert -1 <= int(sample["fixture"]) < len(source.fixture_names)
+
+
+@pytest.mark.parametrize("component", components("video_backbone"))
+def test_video_backbone_contract(component):
+    backbone = build_default(component)
+    assert isinstance(backbone, nn.Module) and len(backbone.mean) == 3 and len(backbone.std) == 3
+    video = torch.randn(2, 2, 3, 64, 64)
+    maps = backbone.eval()(video)
+    assert maps.shape[:3] == (2, 2, backbone.feature_dim) and maps.dim() == 5
+    assert_state_dict_round_trip(lambda: component.factory(component.params()), (video,))
+
+
+@pytest.mark.parametrize("component", components("video_head"))
+def test_video_head_contract(component):
+    head = build_default(component, in_dim=12)
+    maps = torch.randn(3, 4, 12, 2, 2)
+    assert head.eval()(maps).shape == (3, head.out_dim)
+    assert_state_dict_round_trip(lambda: component.factory(component.params(), in_dim=12), (maps,))
+
+
+@pytest.mark.parametrize("component", components("sensor_encoder"))
+def test_sensor_encoder_contract(component):
+    encoder = build_default(component, in_channels=5, length=32)
+    sensor = torch.randn(3, 5, 32)
+    assert encoder.eval()(sensor).shape == (3, encoder.out_dim)
+    assert_state_dict_round_trip(
+        lambda: component.factory(component.params(), in_channels=5, length=32), (sensor,)
+    )
+
+
+@pytest.mark.parametrize("component", components("loss"))
+def test_loss_contract(component):
+    loss = build_default(component)
+    video = torch.randn(4, 8, requires_grad=True)
+    sensor = torch.randn(4, 8)
+    value = loss(video, sensor, torch.ones(4, 4) - torch.eye(4))
+    assert value.dim() == 0 and torch.isfinite(value)
+    value.backward()
+    assert video.grad is not None and torch.isfinite(video.grad).all()
+    assert_state_dict_round_trip(lambda: component.factory(component.params()), (video.detach(), sensor))
+
+
+def tiny_model():
+    spec = load_spec(tiny_spec(), REGISTRY)
+    source = SimpleNamespace(channel_names=[f"c{i}" for i in range(5)])
+    return AlignmentModel(spec.model, REGISTRY, source, sensor_length=32)
+
+
+@pytest.mark.parametrize("component", components("aligner"))
+def test_aligner_contract(component):
+    model = tiny_model()
+    loss = REGISTRY.build("loss", SimpleNamespace(name="infonce"))
+    aligner = build_default(component, model=model, loss=loss)
+    assert not any(p is q for p in aligner.parameters() for q in model.parameters()), (
+        "model is not a submodule"
+    )
+    batch = {
+        "video": torch.randint(0, 255, (4, 4, 3, 32, 32), dtype=torch.uint8),
+        "sensor": torch.randn(4, 5, 32),
+        "label": torch.arange(4),
+        "subject": torch.zeros(4, dtype=torch.long),
+        "fixture": torch.full((4,), -1),
+        "index": torch.arange(4),
+    }
+    out = aligner(model, batch)
+    assert out["loss"].dim() == 0 and torch.isfinite(out["loss"])
+    out["loss"].backward()
+    trained = aligner.trainable_modules(model)
+    assert trained and all(isinstance(m, nn.Module) for m in trained)
+    assert any(p.grad is not None for m in trained for p in m.parameters())
+    assert set(aligner.state_dict()) == set(build_default(component, model=model, loss=loss).state_dict())
+
+
+@pytest.mark.parametrize("component", components("evaluator"))
+def test_evaluator_contract(component, tmp_path: Path):
+    rng = np.random.default_rng(0)
+
+    def split(n):
+        labels = np.arange(n) % 3
+        video = rng.normal(size=(n, 6)).astype(np.float32)
+        video /= np.linalg.norm(video, axis=1, keepdims=True)
+        return EmbeddingSet(
+            probe=rng.normal(size=(n, 8)).astype(np.float32),
+            video=video,
+            sensor=video.copy(),
+            labels=labels,
+            subjects=np.zeros(n, int),
+            fixtures=labels.copy(),
+        )
+
+    evaluator = build_default(component)
+    result = evaluator.evaluate(split(30), split(12), EvalContext(["a", "b", "c"], tmp_path, seed=0))
+    assert isinstance(result, EvalResult) and result.metrics
+    assert all(np.isfinite(v) for v in result.metrics.values())
+    assert all(Path(p).is_file() for p in result.plots)
+
+
+@pytest.mark.parametrize("component", components("clusterer"))
+def test_clusterer_contract(component):
+    clusterer = build_default(component, num_samples=20, dim=8)
+    labels = clusterer.assign(torch.randn(5, 8))
+    assert labels.shape == (5,) and labels.dtype == torch.int64
