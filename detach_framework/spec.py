@@ -91,6 +91,12 @@ class RuntimeSpec(StrictModel):
     tensorboard: bool = Field(True, description="Write TensorBoard scalars when tensorboard is installed.")
     log_every: int = Field(10, ge=1, description="Log training scalars every N steps.")
 
+    @field_validator("progress", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare on/off as a boolean.
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
 
 class Experiment(StrictModel):
     """A whole experiment: data, model, training stages, evaluation, runtime."""

@@ -26,7 +26,7 @@ from detach_plugins.datasets.synthetic_kitchen.layout import (
     template_extent,
 )
 from detach_plugins.datasets.synthetic_kitchen.render import KitchenRenderer
-from detach_plugins.datasets.synthetic_kitchen.scene import FrameStates
+from detach_plugins.datasets.synthetic_kitchen.scene import FrameStates, frame_states
 from pydantic import ValidationError
 
 from detach_framework.contracts import SAMPLE_KEYS, SPLITS, DatasetSource
@@ -169,6 +169,8 @@ def _states(t: int, person_x: np.ndarray, extent: np.ndarray) -> FrameStates:
         moving=np.ones(t),
         reach=np.zeros(t),
         reach_fixture=np.full(t, -1),
+        lean=np.zeros(t),
+        rummage=np.zeros((t, 2)),
         extent=extent,
         flicker=np.ones(t),
         jitter=np.zeros((t, 2)),
@@ -206,6 +208,21 @@ def test_an_action_moves_a_few_pixels_while_the_person_dominates_motion(size):
     assert (np.abs(walking[1].astype(float) - still[0]).sum(axis=0) > 30).mean() > 0.02
 
 
+def test_in_labelled_windows_the_fixture_is_a_small_part_of_the_motion(kitchen):
+    """P1 on real windows: frame-to-frame change caused by the fixture vs by everything (person)."""
+    shares = []
+    for name in SPLITS:
+        split = kitchen.split(name)
+        for i in np.flatnonzero(split.labels > 0):
+            rec = kitchen.recordings[split.recording[i]]
+            states = frame_states(rec, split.frame_times(i), 0.0, 0.0)
+            with_person = kitchen.renderer.render(states, 64, rec.shirt).astype(float)
+            fixture_only = kitchen.renderer.render(states, 64, rec.shirt, person=False).astype(float)
+            fixture_motion = np.abs(np.diff(fixture_only, axis=0)).sum()
+            shares.append(fixture_motion / np.abs(np.diff(with_person, axis=0)).sum())
+    assert len(shares) >= 10 and np.median(shares) < 0.35 and max(shares) > 0.0
+
+
 def test_window_label_rule():
     starts = np.array([0.0, 1.0, 2.0, 3.0])
     onset, dur = np.array([0.5, 2.6]), np.array([1.0, 1.0])
@@ -214,9 +231,7 @@ def test_window_label_rule():
     # [3,5] only 0.6 of action 2 (more than half).
     np.testing.assert_array_equal(labels, [3, 3, 8, 8])
     np.testing.assert_array_equal(fixtures, [1, 1, 3, 3])
-    labels, fixtures = window_labels(
-        np.array([0.0]), 2.0, np.array([1.6]), np.array([1.0]), np.array([5]), [2]
-    )
+    labels, fixtures = window_labels(np.array([0.0]), 2.0, np.array([1.6]), np.array([1.0]), np.array([5]), [2])
     assert labels[0] == 0 and fixtures[0] == -1  # only 0.4 of the action: Null
 
 
@@ -240,10 +255,12 @@ def test_nan_policy_zeroes_mostly_missing_channels_and_interpolates_the_rest():
             [1.0, nan, nan, nan, 5.0, nan],  # 4/6 missing: dead, zeros
             [0.0, nan, 2.0, nan, nan, 8.0],  # interior gaps: linear
             [nan, 3.0, 4.0, 5.0, nan, nan],  # edge gaps: edge values held
+            [nan, nan, nan, 1.0, 2.0, 3.0],  # exactly half missing: still interpolated
         ]
     )
     filled, dead = resolve_nan(window)
-    np.testing.assert_array_equal(dead, [True, False, False])
+    np.testing.assert_array_equal(dead, [True, False, False, False])
+    np.testing.assert_allclose(filled[3], [1, 1, 1, 1, 2, 3])
     np.testing.assert_array_equal(filled[0], np.zeros(6))
     np.testing.assert_allclose(filled[1], [0, 1, 2, 4, 6, 8])
     np.testing.assert_allclose(filled[2], [3, 3, 4, 5, 5, 5])
@@ -278,9 +295,9 @@ def test_zscore_uses_train_statistics_only(kitchen):
     n = int(round(DATA.window_seconds * SENSOR_RATE_HZ))
     k0 = int(round(test.start_seconds[i] * SENSOR_RATE_HZ))
     filled, dead = resolve_nan(rec.sensor[:, k0 : k0 + n])
-    expected = (
-        resample_linear(filled, DATA.sensor_length) - kitchen.sensor_mean[:, None]
-    ) / kitchen.sensor_std[:, None]
+    expected = (resample_linear(filled, DATA.sensor_length) - kitchen.sensor_mean[:, None]) / kitchen.sensor_std[
+        :, None
+    ]
     expected[dead] = 0.0
     np.testing.assert_allclose(test.sensor[i], expected, atol=1e-5)
     # The statistics are not the test split's own: re-standardising the test split would change it.

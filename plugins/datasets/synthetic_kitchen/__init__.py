@@ -47,9 +47,7 @@ def build_synthetic_kitchen(params: SyntheticKitchenParams, data: DataSettings) 
             f"{sorted(overrides)} (they only apply when generating)"
         )
     if "preset" in params.model_fields_set and params.preset != stored.preset:
-        raise UserError(
-            f"synthetic_kitchen: root {params.root} holds preset '{stored.preset}', not '{params.preset}'"
-        )
+        raise UserError(f"synthetic_kitchen: root {params.root} holds preset '{stored.preset}', not '{params.preset}'")
     if params.seed is not None and params.seed != stored.seed:
         raise UserError(
             f"synthetic_kitchen: root {params.root} was generated with seed {stored.seed}, not {params.seed}"

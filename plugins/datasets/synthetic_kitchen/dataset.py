@@ -26,9 +26,7 @@ def subject_splits(subjects: int, seed: int) -> dict[str, list[int]]:
     """Disjoint subject sets per split, at least one subject each."""
     if subjects < len(SPLITS):
         raise UserError(f"synthetic_kitchen needs at least {len(SPLITS)} subjects, got {subjects}")
-    order = np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFFFFFFFFFF, 4])).permutation(
-        subjects
-    )
+    order = np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFFFFFFFFFF, 4])).permutation(subjects)
     n_val = max(1, int(round(SPLIT_FRACTIONS["val"] * subjects)))
     n_test = max(1, int(round(SPLIT_FRACTIONS["test"] * subjects)))
     n_val = min(n_val, subjects - n_test - 1)
@@ -91,23 +89,17 @@ def window_labels(
     if len(onset) == 0:
         return np.zeros(n, np.int64), np.full(n, -1, np.int64)
     ends = starts[:, None] + window
-    overlap = np.clip(
-        np.minimum(ends, (onset + dur)[None]) - np.maximum(starts[:, None], onset[None]), 0.0, None
-    )
+    overlap = np.clip(np.minimum(ends, (onset + dur)[None]) - np.maximum(starts[:, None], onset[None]), 0.0, None)
     best = overlap.argmax(axis=1)
     rows = np.arange(n)
     kept = (overlap[rows, best] > 0) & (overlap[rows, best] >= 0.5 * dur[best] - 1e-9)
-    return np.where(kept, labels[best], 0).astype(np.int64), np.where(kept, fixtures[best], -1).astype(
-        np.int64
-    )
+    return np.where(kept, labels[best], 0).astype(np.int64), np.where(kept, fixtures[best], -1).astype(np.int64)
 
 
 class SyntheticKitchen:
     """The synthetic kitchen as a DatasetSource: 7 fixtures, 15 classes (Null + open/close per fixture)."""
 
-    def __init__(
-        self, recordings: list[Recording], knobs: Knobs, seed: int, preset: str, data: DataSettings
-    ) -> None:
+    def __init__(self, recordings: list[Recording], knobs: Knobs, seed: int, preset: str, data: DataSettings) -> None:
         layout = channel_layout()
         self.class_names: list[str] = list(CLASS_NAMES)
         self.channel_names: list[str] = list(layout.names)
@@ -127,9 +119,7 @@ class SyntheticKitchen:
         raw = {name: self._sensor_windows(windows[name]) for name in SPLITS}
         self.sensor_mean, self.sensor_std = _train_statistics(*raw["train"])  # train only, computed once
         self._splits = {
-            name: KitchenSplit(
-                self, name, windows[name], _zscore(*raw[name], self.sensor_mean, self.sensor_std)
-            )
+            name: KitchenSplit(self, name, windows[name], _zscore(*raw[name], self.sensor_mean, self.sensor_std))
             for name in SPLITS
         }
 
@@ -176,9 +166,7 @@ class SyntheticKitchen:
                 )
             )
         # Every subject has a recording at least one window long (checked above), so parts is never empty.
-        rec_idx, start, label, fixture, subject, activity = (
-            np.concatenate(c) for c in zip(*parts, strict=True)
-        )
+        rec_idx, start, label, fixture, subject, activity = (np.concatenate(c) for c in zip(*parts, strict=True))
         return WindowTable(
             recording=rec_idx.astype(np.int64),
             start=start.astype(np.float64),

@@ -33,85 +33,27 @@ class Fixture:
     gravity: tuple[float, float, float]  # static accelerometer reading (mount orientation)
 
 
+# Horizontal wall layout, left to right: door1, fridge, dishwasher beside the stacked drawers, door2.
+# The drawers share one standing spot and the dishwasher's is next to it, so where the person stands
+# does not give every fixture away.
+# fmt: off
 FIXTURES: tuple[Fixture, ...] = (
-    Fixture(
-        "door1",
-        "Door 1",
-        (0.03, 0.06, 0.15, 0.50),
-        (1.0, 0.0),
-        (0.13, 0.30),
-        0.14,
-        0,
-        (0.80, 0.55, 0.24),
-        (0.02, -1.0, 0.05),
-    ),
-    Fixture(
-        "door2",
-        "Door 2",
-        (0.85, 0.06, 0.97, 0.50),
-        (-1.0, 0.0),
-        (0.87, 0.30),
-        0.86,
-        0,
-        (-0.78, 0.58, 0.22),
-        (-0.03, -1.0, 0.04),
-    ),
-    Fixture(
-        "fridge",
-        "Fridge",
-        (0.20, 0.06, 0.34, 0.50),
-        (-1.0, 0.0),
-        (0.32, 0.26),
-        0.31,
-        3,
-        (0.70, 0.62, 0.35),
-        (0.0, -0.98, 0.12),
-    ),
-    Fixture(
-        "dishwasher",
-        "Dishwasher",
-        (0.43, 0.34, 0.58, 0.50),
-        (0.0, 1.0),
-        (0.505, 0.36),
-        0.585,
-        3,
-        (0.18, 0.92, 0.35),
-        (0.10, -0.95, 0.25),
-    ),
-    Fixture(
-        "drawer1",
-        "Drawer 1",
-        (0.61, 0.27, 0.75, 0.34),
-        (0.0, 1.0),
-        (0.68, 0.305),
-        0.66,
-        1,
-        (0.10, 0.28, 0.95),
-        (0.0, -1.0, 0.0),
-    ),
-    Fixture(
-        "drawer2",
-        "Drawer 2",
-        (0.61, 0.35, 0.75, 0.42),
-        (0.0, 1.0),
-        (0.68, 0.385),
-        0.66,
-        3,
-        (0.12, 0.25, 0.96),
-        (0.02, -1.0, 0.02),
-    ),
-    Fixture(
-        "drawer3",
-        "Drawer 3",
-        (0.61, 0.43, 0.75, 0.50),
-        (0.0, 1.0),
-        (0.68, 0.465),
-        0.66,
-        3,
-        (0.08, 0.30, 0.95),
-        (-0.02, -1.0, 0.03),
-    ),
+    Fixture(name="door1", label="Door 1", rect=(0.03, 0.06, 0.15, 0.50), motion=(1.0, 0.0),
+            handle=(0.13, 0.30), spot=0.14, reeds=0, axis=(0.80, 0.55, 0.24), gravity=(0.02, -1.0, 0.05)),
+    Fixture(name="door2", label="Door 2", rect=(0.85, 0.06, 0.97, 0.50), motion=(-1.0, 0.0),
+            handle=(0.87, 0.30), spot=0.86, reeds=0, axis=(-0.78, 0.58, 0.22), gravity=(-0.03, -1.0, 0.04)),
+    Fixture(name="fridge", label="Fridge", rect=(0.20, 0.06, 0.34, 0.50), motion=(1.0, 0.0),
+            handle=(0.32, 0.26), spot=0.31, reeds=3, axis=(0.70, 0.62, 0.35), gravity=(0.0, -0.98, 0.12)),
+    Fixture(name="dishwasher", label="Dishwasher", rect=(0.43, 0.34, 0.58, 0.50), motion=(0.0, 1.0),
+            handle=(0.505, 0.36), spot=0.585, reeds=3, axis=(0.18, 0.92, 0.35), gravity=(0.10, -0.95, 0.25)),
+    Fixture(name="drawer1", label="Drawer 1", rect=(0.61, 0.27, 0.75, 0.34), motion=(0.0, 1.0),
+            handle=(0.68, 0.305), spot=0.66, reeds=1, axis=(0.10, 0.28, 0.95), gravity=(0.0, -1.0, 0.0)),
+    Fixture(name="drawer2", label="Drawer 2", rect=(0.61, 0.35, 0.75, 0.42), motion=(0.0, 1.0),
+            handle=(0.68, 0.385), spot=0.66, reeds=3, axis=(0.12, 0.25, 0.96), gravity=(0.02, -1.0, 0.02)),
+    Fixture(name="drawer3", label="Drawer 3", rect=(0.61, 0.43, 0.75, 0.50), motion=(0.0, 1.0),
+            handle=(0.68, 0.465), spot=0.66, reeds=3, axis=(0.08, 0.30, 0.95), gravity=(-0.02, -1.0, 0.03)),
 )
+# fmt: on
 FIXTURE_NAMES: list[str] = [f.name for f in FIXTURES]
 NUM_FIXTURES = len(FIXTURES)
 

@@ -14,12 +14,13 @@ from .scene import FrameStates
 
 REFERENCE_SIZE = 64  # pixel knobs (fixture motion, camera jitter) are given at this frame size
 
-_INTERIOR = np.array([0.10, 0.09, 0.08])
+# The revealed inside is the panel's colour in shadow: a subtle change, as a real opening is from afar.
+_INTERIOR_SHADE = 0.6
 _TROUSERS = np.array([0.16, 0.17, 0.24])
 _SKIN = np.array([0.86, 0.68, 0.56])
 _FIXTURE_BASE = {
-    "door1": (0.55, 0.38, 0.22),
-    "door2": (0.50, 0.34, 0.20),
+    "door1": (0.72, 0.60, 0.45),
+    "door2": (0.70, 0.58, 0.44),
     "fridge": (0.88, 0.89, 0.90),
     "dishwasher": (0.62, 0.64, 0.66),
     "drawer1": (0.78, 0.66, 0.48),
@@ -95,6 +96,26 @@ def draw_segments(imgs: np.ndarray, p: np.ndarray, q: np.ndarray, width: float, 
     _blend(imgs, y0, x0, _clip01(width / 2 - dist + 0.5), colour)
 
 
+def _shift_with_edge(img: np.ndarray, k: int, axis: int) -> np.ndarray:
+    """Camera shake: content moves k pixels along an axis; the uncovered border repeats the edge pixels."""
+    n = img.shape[axis]
+    k = max(min(k, n - 1), 1 - n)
+    if k == 0:
+        return img
+    out = np.empty_like(img)
+
+    def at(sl: slice) -> tuple[slice, ...]:
+        return (slice(None),) * axis + (sl,)
+
+    if k > 0:
+        out[at(slice(k, None))] = img[at(slice(None, n - k))]
+        out[at(slice(None, k))] = img[at(slice(0, 1))]
+    else:
+        out[at(slice(None, n + k))] = img[at(slice(-k, None))]
+        out[at(slice(n + k, None))] = img[at(slice(n - 1, n))]
+    return out
+
+
 class KitchenRenderer:
     """Renders FrameStates into uint8 video. The look (texture, colours) is a function of the seed."""
 
@@ -112,18 +133,21 @@ class KitchenRenderer:
         self._fixture_colour = [
             np.clip(np.array(_FIXTURE_BASE[f.name]) + rng.uniform(-0.05, 0.05, 3), 0.0, 1.0) for f in FIXTURES
         ]
-        self._static: dict[int, np.ndarray] = {}
+        self._static: dict[tuple[int, int | None], np.ndarray] = {}
 
     # ---- static part ------------------------------------------------------------------------------
 
-    def static_frame(self, size: int) -> np.ndarray:
-        """[3, S, S] float32 background with every fixture closed (cached per size)."""
-        if size not in self._static:
+    def static_frame(self, size: int, without: int | None = None) -> np.ndarray:
+        """[3, S, S] float32 background with every fixture closed, or with fixture `without` left out
+        (so an open fixture is redrawn on clean background). Cached per size."""
+        key = (size, without)
+        if key not in self._static:
             img = self._background(size)[None]
             for f in range(NUM_FIXTURES):
-                self._draw_fixture(img, f, np.zeros(1), np.zeros(1), size)
-            self._static[size] = img[0]
-        return self._static[size]
+                if f != without:
+                    self._draw_fixture(img, f, np.zeros(1), np.zeros(1), size)
+            self._static[key] = img[0]
+        return self._static[key]
 
     def _background(self, size: int) -> np.ndarray:
         u = (np.arange(size) + 0.5) / size
@@ -142,19 +166,30 @@ class KitchenRenderer:
         fill_rects(img, 0.40 * size, 0.50 * size, 0.79 * size, 0.535 * size, self._counter)
         return np.clip(img[0], 0.0, 1.0).astype(np.float32)
 
-    def _draw_fixture(self, imgs: np.ndarray, f: int, dx: np.ndarray, dy: np.ndarray, size: int) -> None:
-        """The panel of fixture f shifted by (dx[t], dy[t]) pixels in frame t: border, face, handle."""
+    def _draw_fixture(
+        self, imgs: np.ndarray, f: int, dx: np.ndarray, dy: np.ndarray, size: int, origin: tuple[int, int] = (0, 0)
+    ) -> None:
+        """Fixture f opened by (dx[t], dy[t]) pixels in frame t: border, face, handle. `imgs` may be a crop
+        whose top-left pixel is `origin` (x, y) of the full frame.
+
+        Doors and the fridge swing on a hinge: only their free edge (and handle) moves. Drawers and the
+        dishwasher slide: the whole panel moves and uncovers its shaded inside.
+        """
         fx = FIXTURES[f]
-        x0, y0, x1, y1 = (c * size for c in fx.rect)
+        ox, oy = origin
+        x0, y0, x1, y1 = fx.rect[0] * size - ox, fx.rect[1] * size - oy, fx.rect[2] * size - ox, fx.rect[3] * size - oy
         colour = self._fixture_colour[f]
-        border = max(1.0, 0.012 * size)
-        fill_rects(imgs, x0 + dx, y0 + dy, x1 + dx, y1 + dy, colour * 0.55)
-        fill_rects(imgs, x0 + dx + border, y0 + dy + border, x1 + dx - border, y1 + dy - border, colour)
-        hx, hy = fx.handle[0] * size + dx, fx.handle[1] * size + dy
-        if fx.motion[0] != 0.0:  # doors and fridge: vertical bar handle
-            half_w, half_h = 0.008 * size, 0.04 * size
+        if fx.motion[0] != 0.0:
+            x0, x1 = x0 + np.minimum(dx, 0.0), x1 + np.maximum(dx, 0.0)
+            half_w, half_h = 0.008 * size, 0.04 * size  # vertical bar handle
         else:
+            fill_rects(imgs, x0, y0, x1, y1, colour * _INTERIOR_SHADE)
+            x0, x1, y0, y1 = x0 + dx, x1 + dx, y0 + dy, y1 + dy
             half_w, half_h = 0.025 * size, 0.008 * size
+        border = max(1.0, 0.012 * size)
+        fill_rects(imgs, x0, y0, x1, y1, colour * 0.55)
+        fill_rects(imgs, x0 + border, y0 + border, x1 - border, y1 - border, colour)
+        hx, hy = fx.handle[0] * size - ox + dx, fx.handle[1] * size - oy + dy
         fill_rects(imgs, hx - half_w, hy - half_h, hx + half_w, hy + half_h, colour * 0.3)
 
     def fixture_shift(self, f: int, extent: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -168,35 +203,38 @@ class KitchenRenderer:
         """uint8 [T, 3, S, S] frames."""
         static = self.static_frame(size)
         frames = np.repeat(static[None], len(states.flicker), axis=0)
-        for f in np.flatnonzero((states.extent > 1e-4).any(axis=0)):
+        # Open fixtures are redrawn on a crop around them; the closed panel is wiped first (from a static
+        # frame without it), so a barely open fixture looks barely changed.
+        opened = np.flatnonzero((states.extent > 1e-4).any(axis=0))
+        crops = {}
+        for f in opened:
             sel = np.flatnonzero(states.extent[:, f] > 1e-4)
-            sub = frames[sel]
+            dx, dy = self.fixture_shift(int(f), states.extent[sel, f], size)
             x0, y0, x1, y1 = (c * size for c in FIXTURES[f].rect)
-            fill_rects(sub, x0, y0, x1, y1, _INTERIOR)  # the opening reveals the dark inside
-            self._draw_fixture(sub, int(f), *self.fixture_shift(int(f), states.extent[sel, f], size), size)
-            frames[sel] = sub
+            xs = slice(max(int(x0 + min(dx.min(), 0.0)) - 2, 0), min(int(np.ceil(x1 + max(dx.max(), 0.0))) + 2, size))
+            ys = slice(max(int(y0 + min(dy.min(), 0.0)) - 2, 0), min(int(np.ceil(y1 + max(dy.max(), 0.0))) + 2, size))
+            frames[sel, :, ys, xs] = self.static_frame(size, without=int(f))[:, ys, xs]
+            crops[int(f)] = (sel, dx, dy, ys, xs)
+        for f, (sel, dx, dy, ys, xs) in crops.items():
+            crop = frames[sel, :, ys, xs]
+            self._draw_fixture(crop, f, dx, dy, size, origin=(xs.start, ys.start))
+            frames[sel, :, ys, xs] = crop
         if person:
             self._draw_person(frames, states, size, np.asarray(shirt, np.float64))
-        frames *= states.flicker.astype(np.float32)[:, None, None, None]
+        frames *= (255.0 * states.flicker).astype(np.float32)[:, None, None, None]
+        np.clip(frames, 0.0, 255.0, out=frames)
+        frames += 0.5
+        video = frames.astype(np.uint8)
         shifts = np.rint(states.jitter * size / REFERENCE_SIZE).astype(np.int64)
         for i in np.flatnonzero(np.any(shifts != 0, axis=1)):
-            # Shake moves the whole view; the border repeats its edge pixels.
-            ys = np.clip(np.arange(size) - shifts[i, 1], 0, size - 1)
-            xs = np.clip(np.arange(size) - shifts[i, 0], 0, size - 1)
-            frames[i] = frames[i][:, ys][:, :, xs]
-        return (np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+            video[i] = _shift_with_edge(_shift_with_edge(video[i], int(shifts[i, 1]), 1), int(shifts[i, 0]), 2)
+        return video
 
     def _draw_person(self, imgs: np.ndarray, s: FrameStates, size: int, shirt: np.ndarray) -> None:
         x, feet = s.person_x * size, s.person_y * size
         h = PERSON_HEIGHT * size
         swing = np.sin(s.step_phase) * s.moving
         bob = -0.012 * size * np.abs(swing)
-        hip = np.stack([x, feet - 0.45 * h + bob], axis=1)
-        leg_w = 0.032 * size
-        draw_segments(imgs, hip, np.stack([x + 0.04 * size * swing, feet], axis=1), leg_w, _TROUSERS)
-        draw_segments(imgs, hip, np.stack([x - 0.04 * size * swing, feet], axis=1), leg_w, _TROUSERS)
-        fill_ellipses(imgs, x, feet - 0.66 * h + bob, 0.055 * size, 0.22 * h, shirt)
-        fill_ellipses(imgs, x, feet - 0.92 * h + bob, 0.042 * size, 0.042 * size, _SKIN)
         f = s.reach_fixture
         reaching = (f >= 0) & (s.reach > 0)
         handle = np.array([fx.handle for fx in FIXTURES])[np.maximum(f, 0)] * size  # [T, 2]
@@ -204,11 +242,17 @@ class KitchenRenderer:
             rows = reaching & (f == fixture)
             dx, dy = self.fixture_shift(int(fixture), s.extent[rows, fixture], size)
             handle[rows] += np.stack([dx, dy], axis=1)
+        handle += s.rummage * size
         side = np.where(reaching & (handle[:, 0] < x), -1.0, 1.0)  # reach with the arm nearer the handle
-        shoulder = np.stack([x + side * 0.035 * size, feet - 0.8 * h + bob], axis=1)
-        hang = np.stack(
-            [shoulder[:, 0] + side * 0.02 * size - 0.03 * size * swing, shoulder[:, 1] + 0.3 * h], 1
-        )
+        upper = x + side * s.lean * size  # the upper body leans, the feet stay
+        hip = np.stack([x + 0.5 * side * s.lean * size, feet - 0.45 * h + bob], axis=1)
+        leg_w = 0.032 * size
+        draw_segments(imgs, hip, np.stack([x + 0.04 * size * swing, feet], axis=1), leg_w, _TROUSERS)
+        draw_segments(imgs, hip, np.stack([x - 0.04 * size * swing, feet], axis=1), leg_w, _TROUSERS)
+        fill_ellipses(imgs, upper, feet - 0.66 * h + bob, 0.065 * size, 0.22 * h, shirt)
+        fill_ellipses(imgs, upper, feet - 0.92 * h + bob, 0.042 * size, 0.042 * size, _SKIN)
+        shoulder = np.stack([upper + side * 0.035 * size, feet - 0.8 * h + bob], axis=1)
+        hang = np.stack([shoulder[:, 0] + side * 0.02 * size - 0.03 * size * swing, shoulder[:, 1] + 0.3 * h], 1)
         amount = np.where(reaching, s.reach, 0.0)[:, None]
         hand = hang + amount * (handle - hang)
         draw_segments(imgs, shoulder, hand, 0.022 * size, shirt * 0.8)

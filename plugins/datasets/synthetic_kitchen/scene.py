@@ -35,6 +35,10 @@ from .presets import Knobs
 
 # How long the arm takes to reach for the handle before an open and to drop after a close.
 REACH_RAMP_S = 0.25
+# The body leans back to pull (open) and forward to push (close), and the hand rummages inside while the
+# fixture is held open: the person keeps moving far more than the fixture does, even mid-action (P1).
+LEAN = 0.04  # frame widths at mid-action
+RUMMAGE = 0.05  # frame widths
 
 
 @dataclass
@@ -101,9 +105,7 @@ def generate_recordings(knobs: Knobs, seed: int) -> list[Recording]:
         for r in range(knobs.recordings_per_subject):
             activity = (first_activity + r) % len(ACTIVITIES)
             recordings.append(
-                _generate_recording(
-                    knobs, seed, len(recordings), subject, r, activity, speed, amplitude, shirt
-                )
+                _generate_recording(knobs, seed, len(recordings), subject, r, activity, speed, amplitude, shirt)
             )
     return recordings
 
@@ -312,14 +314,14 @@ class FrameStates:
     moving: np.ndarray  # [T] 1 while walking, else 0
     reach: np.ndarray  # [T] 0 arm down .. 1 hand on the handle
     reach_fixture: np.ndarray  # [T] int, -1 when not reaching
+    lean: np.ndarray  # [T] upper-body offset toward the handle, frame widths (negative: away)
+    rummage: np.ndarray  # [T, 2] hand offset from the handle while the fixture is held open, frame widths
     extent: np.ndarray  # [T, F] opening extent per fixture
     flicker: np.ndarray  # [T] global illumination gain
     jitter: np.ndarray  # [T, 2] camera shake (dx, dy) in pixels at a 64-pixel frame
 
 
-def frame_states(
-    rec: Recording, video_times: np.ndarray, flicker_amplitude: float, jitter_px: float
-) -> FrameStates:
+def frame_states(rec: Recording, video_times: np.ndarray, flicker_amplitude: float, jitter_px: float) -> FrameStates:
     """Scene state at times on the video clock (already offset); times past either end clamp."""
     t = np.clip(np.asarray(video_times, np.float64), 0.0, rec.duration)
     walked = np.interp(t, rec.kf_t, rec.kf_s)
@@ -327,6 +329,8 @@ def frame_states(
     moving = (np.interp(t + dt, rec.kf_t, rec.kf_s) - np.interp(t - dt, rec.kf_t, rec.kf_s)) > 1e-9
     reach = np.zeros_like(t)
     reach_fixture = np.full(len(t), -1, np.int64)
+    lean = np.zeros_like(t)
+    rummage = np.zeros((len(t), 2))
     for v in range(len(rec.visit_fixture)):
         rise = np.clip((t - (rec.open_on[v] - REACH_RAMP_S)) / REACH_RAMP_S, 0.0, 1.0)
         fall = np.clip(((rec.close_on[v] + rec.close_dur[v] + REACH_RAMP_S) - t) / REACH_RAMP_S, 0.0, 1.0)
@@ -334,6 +338,16 @@ def frame_states(
         take = amount > reach
         reach[take] = amount[take]
         reach_fixture[take] = rec.visit_fixture[v]
+        opening = np.clip((t - rec.open_on[v]) / rec.open_dur[v], 0.0, 1.0)
+        closing = np.clip((t - rec.close_on[v]) / rec.close_dur[v], 0.0, 1.0)
+        lean += LEAN * (np.sin(np.pi * closing) - np.sin(np.pi * opening))
+        held_from = rec.open_on[v] + rec.open_dur[v]
+        held = np.clip((t - held_from) / max(rec.close_on[v] - held_from, 1e-6), 0.0, 1.0)
+        envelope = RUMMAGE * np.sin(np.pi * held)
+        since = t - held_from
+        rummage += envelope[:, None] * np.stack(
+            [np.sin(2 * np.pi * 1.7 * since), 0.6 * np.sin(2 * np.pi * 1.1 * since)], 1
+        )
     flicker = 1.0 + flicker_amplitude * (
         0.6 * np.sin(2 * np.pi * rec.flicker_freq[0] * t + rec.flicker_phase[0])
         + 0.4 * np.sin(2 * np.pi * rec.flicker_freq[1] * t + rec.flicker_phase[1])
@@ -347,6 +361,8 @@ def frame_states(
         moving=moving.astype(np.float64),
         reach=reach,
         reach_fixture=reach_fixture,
+        lean=lean,
+        rummage=rummage,
         extent=fixture_extents(rec, t),
         flicker=flicker,
         jitter=jitter,

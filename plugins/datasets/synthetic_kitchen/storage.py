@@ -34,9 +34,7 @@ class StoredKitchen:
     recordings: list[Recording]
 
 
-def export_recordings(
-    out_dir: Path, preset: str, seed: int, knobs: Knobs, recordings: list[Recording]
-) -> None:
+def export_recordings(out_dir: Path, preset: str, seed: int, knobs: Knobs, recordings: list[Recording]) -> None:
     """Write into a temporary sibling directory, then rename it into place (all or nothing)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
