@@ -62,9 +62,7 @@ class PluginHost:
     def failures(self) -> list[PluginInfo]:
         return [p for p in self.plugins if p.status == "failed"]
 
-    def load_module(
-        self, module: ModuleType | str, *, name: str | None = None, distribution: str = ""
-    ) -> None:
+    def load_module(self, module: ModuleType | str, *, name: str | None = None, distribution: str = "") -> None:
         """Import (if needed) and register one plugin module; record a failure instead of raising."""
         label = name or (module if isinstance(module, str) else module.__name__)
         module_name = module if isinstance(module, str) else module.__name__

@@ -99,9 +99,7 @@ class Registry:
                 "detach_framework.contracts.VideoBackboneParams (the trainer reads `frozen`)"
             )
         if "name" in params.model_fields:
-            raise PluginError(
-                f"{where} registers {kind} '{name}': params model may not define 'name' (it is the tag)"
-            )
+            raise PluginError(f"{where} registers {kind} '{name}': params model may not define 'name' (it is the tag)")
         self._components[kind][name] = Component(
             kind=kind,
             name=name,
@@ -128,8 +126,7 @@ class Registry:
         except KeyError:
             choices = self.names(kind)
             raise UserError(
-                f"unknown {kind} '{name}';{did_you_mean(name, choices)} "
-                f"installed: {', '.join(choices) or '(none)'}"
+                f"unknown {kind} '{name}';{did_you_mean(name, choices)} installed: {', '.join(choices) or '(none)'}"
             ) from None
 
     def build(self, kind: str, spec: BaseModel, **context: Any) -> Any:
@@ -148,6 +145,5 @@ class Registry:
     def _check_kind(self, kind: str) -> None:
         if kind not in KINDS:
             raise UserError(
-                f"unknown component kind '{kind}';{did_you_mean(kind, list(KINDS))} "
-                f"expected one of: {', '.join(KINDS)}"
+                f"unknown component kind '{kind}';{did_you_mean(kind, list(KINDS))} expected one of: {', '.join(KINDS)}"
             )

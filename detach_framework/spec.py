@@ -168,9 +168,7 @@ def build_spec_model(registry: Registry) -> type[Experiment]:
         video_head=(slot["video_head"], ...),
         sensor_encoder=(slot["sensor_encoder"], ...),
     )
-    stage = create_model(
-        "StageSpec", __base__=StageSpec, aligner=(slot["aligner"], ...), loss=(slot["loss"], ...)
-    )
+    stage = create_model("StageSpec", __base__=StageSpec, aligner=(slot["aligner"], ...), loss=(slot["loss"], ...))
     evaluator_slot = slot["evaluator"]
     evaluation = create_model(
         "EvalSpec",
@@ -215,9 +213,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise UserError(f"{path}: not a UTF-8 text file") from None
     if not isinstance(data, dict):
-        raise UserError(
-            f"{path}: expected a mapping of spec keys at the top level, got {type(data).__name__}"
-        )
+        raise UserError(f"{path}: expected a mapping of spec keys at the top level, got {type(data).__name__}")
     return data
 
 
@@ -244,9 +240,7 @@ def apply_override(data: dict[str, Any], override: str) -> None:
                 raise UserError(f"override '{key}': '{here}' indexes a list, expected an integer index")
             index = int(part)
             if index >= len(node):
-                raise UserError(
-                    f"override '{key}': index {index} out of range at '{here}' (length {len(node)})"
-                )
+                raise UserError(f"override '{key}': index {index} out of range at '{here}' (length {len(node)})")
             if last:
                 node[index] = value
             else:
@@ -258,9 +252,7 @@ def apply_override(data: dict[str, Any], override: str) -> None:
                 node = node.setdefault(part, {})
         else:
             parent = ".".join(parts[:depth])
-            raise UserError(
-                f"override '{key}': '{parent}' is a {type(node).__name__}, it has no key '{part}'"
-            )
+            raise UserError(f"override '{key}': '{parent}' is a {type(node).__name__}, it has no key '{part}'")
 
 
 def load_spec(

@@ -7,6 +7,10 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from pydantic import ValidationError
+
+from detach_framework.errors import UserError
+from detach_framework.registry import Registry
 from detach_plugins.backbones import (
     SmallCnnBackbone,
     SmallCnnParams,
@@ -14,10 +18,6 @@ from detach_plugins.backbones import (
     TimmVideoBackbone,
     detach_register_components,
 )
-from pydantic import ValidationError
-
-from detach_framework.errors import UserError
-from detach_framework.registry import Registry
 
 
 def _video(height: int = 32, width: int = 32, batch: int = 2, frames: int = 2) -> torch.Tensor:

@@ -80,9 +80,7 @@ def test_plugins_lists_a_broken_plugin_and_the_rest(capsys, monkeypatch, tmp_pat
     real = plugin_module.entry_points
 
     def entry_points(group):
-        broken = SimpleNamespace(
-            name="broken", value="fake_broken_cli", dist=SimpleNamespace(name="third-party")
-        )
+        broken = SimpleNamespace(name="broken", value="fake_broken_cli", dist=SimpleNamespace(name="third-party"))
         return [*real(group=group), broken]
 
     monkeypatch.setattr(plugin_module, "entry_points", entry_points)

@@ -83,9 +83,7 @@ def test_sensor_encoder_contract(component):
     encoder = build_default(component, in_channels=5, length=32)
     sensor = torch.randn(3, 5, 32)
     assert encoder.eval()(sensor).shape == (3, encoder.out_dim)
-    assert_state_dict_round_trip(
-        lambda: component.factory(component.params(), in_channels=5, length=32), (sensor,)
-    )
+    assert_state_dict_round_trip(lambda: component.factory(component.params(), in_channels=5, length=32), (sensor,))
 
 
 @pytest.mark.parametrize("component", components("loss"))
@@ -111,9 +109,7 @@ def test_aligner_contract(component):
     model = tiny_model()
     loss = REGISTRY.build("loss", SimpleNamespace(name="infonce"))
     aligner = build_default(component, model=model, loss=loss)
-    assert not any(p is q for p in aligner.parameters() for q in model.parameters()), (
-        "model is not a submodule"
-    )
+    assert not any(p is q for p in aligner.parameters() for q in model.parameters()), "model is not a submodule"
     batch = {
         "video": torch.randint(0, 255, (4, 4, 3, 32, 32), dtype=torch.uint8),
         "sensor": torch.randn(4, 5, 32),

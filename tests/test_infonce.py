@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+
 from detach_plugins.methods.imu2clip import InfoNceLoss, InfoNceParams, weighted_nce
 
 
@@ -14,12 +15,8 @@ def test_plain_infonce_matches_hand_computation():
     sensor = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
     loss = InfoNceLoss(InfoNceParams(temperature=0.5, learnable=False))(video, sensor)
     # S = cos / 0.5 = [[2, 1.2], [0, 1.6]]
-    v2s = 0.5 * (
-        (-2 + math.log(math.exp(2) + math.exp(1.2))) + (-1.6 + math.log(math.exp(0) + math.exp(1.6)))
-    )
-    s2v = 0.5 * (
-        (-2 + math.log(math.exp(2) + math.exp(0))) + (-1.6 + math.log(math.exp(1.2) + math.exp(1.6)))
-    )
+    v2s = 0.5 * ((-2 + math.log(math.exp(2) + math.exp(1.2))) + (-1.6 + math.log(math.exp(0) + math.exp(1.6))))
+    s2v = 0.5 * ((-2 + math.log(math.exp(2) + math.exp(0))) + (-1.6 + math.log(math.exp(1.2) + math.exp(1.6))))
     assert math.isclose(loss.item(), 0.5 * (v2s + s2v), rel_tol=1e-6)
 
 

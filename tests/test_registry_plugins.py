@@ -66,18 +66,14 @@ def test_duplicate_name_names_both_plugins():
     registry.current_plugin = "first"
     registry.add(kind="loss", name="same", factory=factory, params=Params)
     registry.current_plugin = "second"
-    with pytest.raises(
-        PluginError, match="plugin 'second' registers loss 'same' already registered by plugin 'first'"
-    ):
+    with pytest.raises(PluginError, match="plugin 'second' registers loss 'same' already registered by plugin 'first'"):
         registry.add(kind="loss", name="same", factory=factory, params=Params)
 
 
 def test_unknown_name_lists_choices_and_closest():
     registry = Registry()
     registry.add(kind="loss", name="infonce", factory=factory, params=Params)
-    with pytest.raises(
-        UserError, match="unknown loss 'infonse'; did you mean 'infonce'\\? installed: infonce"
-    ):
+    with pytest.raises(UserError, match="unknown loss 'infonse'; did you mean 'infonce'\\? installed: infonce"):
         registry.get("loss", "infonse")
 
 
@@ -181,9 +177,7 @@ def test_autoload_switch_keeps_only_builtins(module_dir, monkeypatch):
 
 def test_explicit_plugin_module_failure_is_a_user_error(module_dir):
     _write_module(module_dir, "fake_plugin_nohook", "x = 1\n")
-    with pytest.raises(
-        UserError, match="--plugin fake_plugin_nohook: .*defines no detach_register_components"
-    ):
+    with pytest.raises(UserError, match="--plugin fake_plugin_nohook: .*defines no detach_register_components"):
         plugin_module.load_plugins(["fake_plugin_nohook"], autoload=False)
 
 

@@ -25,10 +25,7 @@ def test_tiny_spec_validates_with_defaults(registry):
 
 def test_uid_ignores_runtime_but_not_results(registry):
     base = load_spec(tiny_spec(), registry)
-    assert (
-        load_spec(tiny_spec(), registry, ["data.num_workers=2", "runtime.device=auto", "name=x"]).uid
-        == base.uid
-    )
+    assert load_spec(tiny_spec(), registry, ["data.num_workers=2", "runtime.device=auto", "name=x"]).uid == base.uid
     assert load_spec(tiny_spec(), registry, ["seed=8"]).uid != base.uid
     assert load_spec(tiny_spec(), registry, ["stages.0.optimizer.lr=0.01"]).uid != base.uid
     assert base.uid.startswith("synthetic_kitchen-small_cnn-imu2clip_sensor-global_contrastive-")
@@ -119,9 +116,7 @@ def test_schema_file_is_current():
     from detach_framework.plugins import load_plugins
 
     builtins = load_plugins(autoload=False)
-    assert json.loads(SCHEMA.read_text()) == json_schema(builtins.registry), (
-        "schemas/ is stale: run `detach schema`"
-    )
+    assert json.loads(SCHEMA.read_text()) == json_schema(builtins.registry), "schemas/ is stale: run `detach schema`"
 
 
 def test_example_specs_reference_schema_and_validate(registry):

@@ -8,6 +8,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
+
+from detach_framework.contracts import SAMPLE_KEYS, SPLITS, DatasetSource
+from detach_framework.data.settings import DataSettings
+from detach_framework.errors import UserError
+from detach_framework.plugins import PluginHost
 from detach_plugins.datasets.synthetic_kitchen import (
     SyntheticKitchenParams,
     build_synthetic_kitchen,
@@ -27,12 +33,6 @@ from detach_plugins.datasets.synthetic_kitchen.layout import (
 )
 from detach_plugins.datasets.synthetic_kitchen.render import KitchenRenderer
 from detach_plugins.datasets.synthetic_kitchen.scene import FrameStates, frame_states
-from pydantic import ValidationError
-
-from detach_framework.contracts import SAMPLE_KEYS, SPLITS, DatasetSource
-from detach_framework.data.settings import DataSettings
-from detach_framework.errors import UserError
-from detach_framework.plugins import PluginHost
 
 DATA = DataSettings(frames=4, frame_size=32, sensor_length=64, seed=7)
 QUIET = dict(

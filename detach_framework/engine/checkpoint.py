@@ -30,13 +30,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
-        raise UserError(
-            f"{path}: refused to load a checkpoint holding non-tensor objects ({first})"
-        ) from None
+        raise UserError(f"{path}: refused to load a checkpoint holding non-tensor objects ({first})") from None
     except (RuntimeError, EOFError, ValueError) as exc:
         raise UserError(f"{path}: unreadable or truncated checkpoint ({type(exc).__name__})") from None
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
-        raise UserError(
-            f"{path}: not a detach-framework checkpoint (format_version {FORMAT_VERSION} expected)"
-        )
+        raise UserError(f"{path}: not a detach-framework checkpoint (format_version {FORMAT_VERSION} expected)")
     return state

@@ -60,9 +60,7 @@ def evaluate_run(trainer: Trainer, run: RunDirectory) -> dict[str, Any]:
             raise PluginError(f"evaluator '{entry.name}' reports metrics already reported: {sorted(clash)}")
         metrics.update({k: float(v) for k, v in result.metrics.items()})
         tables.update(result.tables)
-        plots += [
-            str(p.relative_to(run.path)) if p.is_relative_to(run.path) else str(p) for p in result.plots
-        ]
+        plots += [str(p.relative_to(run.path)) if p.is_relative_to(run.path) else str(p) for p in result.plots]
     summary = {
         "name": spec.name,
         "uid": spec.uid,

@@ -18,9 +18,7 @@ class AlignmentModel(nn.Module):
         super().__init__()
         self.video_backbone = registry.build("video_backbone", spec.video_backbone)
         self.backbone_frozen = bool(spec.video_backbone.frozen)
-        self.video_head = registry.build(
-            "video_head", spec.video_head, in_dim=int(self.video_backbone.feature_dim)
-        )
+        self.video_head = registry.build("video_head", spec.video_head, in_dim=int(self.video_backbone.feature_dim))
         self.sensor_encoder = registry.build(
             "sensor_encoder", spec.sensor_encoder, in_channels=len(source.channel_names), length=sensor_length
         )

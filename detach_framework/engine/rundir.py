@@ -58,8 +58,7 @@ class RunDirectory:
             shutil.rmtree(path)
         elif non_empty and not resume:
             raise UserError(
-                f"run directory {path} is not empty: "
-                "pass --resume to continue it or --overwrite to replace it"
+                f"run directory {path} is not empty: pass --resume to continue it or --overwrite to replace it"
             )
         elif resume and not non_empty:
             raise UserError(f"nothing to resume: run directory {path} is empty or missing")
@@ -103,9 +102,7 @@ class RunDirectory:
     def truncate_metrics_after(self, stage_index: int, epoch: int) -> None:
         """On resume, drop records logged after the checkpoint being resumed from (they will be redone)."""
         kept = [
-            r
-            for r in self.read_metrics()
-            if (r.get("stage_index", -1), r.get("epoch", -1)) <= (stage_index, epoch)
+            r for r in self.read_metrics() if (r.get("stage_index", -1), r.get("epoch", -1)) <= (stage_index, epoch)
         ]
         atomic_write_text(self.metrics_file, "".join(json.dumps(r) + "\n" for r in kept))
 
@@ -126,9 +123,7 @@ def environment_info(plugins: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        "packages": {
-            name: _version(name) for name in ("detach-framework", "torch", "timm", "numpy", "pydantic")
-        },
+        "packages": {name: _version(name) for name in ("detach-framework", "torch", "timm", "numpy", "pydantic")},
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
         "plugins": plugins,
     }

@@ -72,8 +72,7 @@ def make_loader(dataset: Dataset, spec: Experiment, *, shuffle: bool, epoch: int
         dataset,
         batch_size=spec.data.batch_size,
         shuffle=shuffle,
-        drop_last=shuffle
-        and len(dataset) > spec.data.batch_size,  # full batches keep contrastive losses comparable
+        drop_last=shuffle and len(dataset) > spec.data.batch_size,  # full batches keep contrastive losses comparable
         num_workers=workers,
         persistent_workers=False,
         worker_init_fn=seed_worker,
@@ -83,9 +82,7 @@ def make_loader(dataset: Dataset, spec: Experiment, *, shuffle: bool, epoch: int
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {
-        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
-    }
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 @dataclass
@@ -110,13 +107,9 @@ class Trainer:
         self.source = build_source(spec, host)
         self.train_set = self.source.split("train")
         if len(self.train_set) < 2:
-            raise UserError(
-                f"data.dataset: the train split has {len(self.train_set)} samples, at least 2 needed"
-            )
+            raise UserError(f"data.dataset: the train split has {len(self.train_set)} samples, at least 2 needed")
         self.val_set = self.source.split("val")
-        self.model = AlignmentModel(spec.model, host.registry, self.source, spec.data.sensor_length).to(
-            self.device
-        )
+        self.model = AlignmentModel(spec.model, host.registry, self.source, spec.data.sensor_length).to(self.device)
         self.progress = progress_enabled(spec.runtime.progress)
         self.tensorboard = None  # opened by fit(): evaluation alone writes no event files
 
@@ -209,12 +202,8 @@ class Trainer:
                 if improved or "val_loss" not in record:
                     save_checkpoint(self.run.checkpoints / BEST, checkpoint)
                 self._scalars(record, pos.global_step)
-                self.host.manager.hook.detach_after_epoch(
-                    stage=stage.name, epoch=pos.epochs_done, metrics=record
-                )
-            save_checkpoint(
-                self.run.checkpoints / f"stage_{stage.name}.pt", self._state(pos, aligner, optimizer)
-            )
+                self.host.manager.hook.detach_after_epoch(stage=stage.name, epoch=pos.epochs_done, metrics=record)
+            save_checkpoint(self.run.checkpoints / f"stage_{stage.name}.pt", self._state(pos, aligner, optimizer))
             pos = Position(pos.stage_index + 1, 0, pos.global_step, math.inf)
         if self.tensorboard is not None:
             self.tensorboard.close()
@@ -229,16 +218,13 @@ class Trainer:
         totals: dict[str, float] = {}
         batches = 0
         started = time.perf_counter()
-        bar = tqdm(
-            loader, desc=f"{stage.name} {epoch}/{stage.epochs}", disable=not self.progress, leave=False
-        )
+        bar = tqdm(loader, desc=f"{stage.name} {epoch}/{stage.epochs}", disable=not self.progress, leave=False)
         for batch in bar:
             out = aligner(self.model, to_device(batch, self.device))
             loss = out["loss"]
             if not torch.isfinite(loss):
                 raise UserError(
-                    f"stage '{stage.name}' epoch {epoch}: loss became {loss.item()} "
-                    "(try a lower optimizer.lr)"
+                    f"stage '{stage.name}' epoch {epoch}: loss became {loss.item()} (try a lower optimizer.lr)"
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

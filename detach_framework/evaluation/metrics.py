@@ -81,16 +81,12 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -
     return cm
 
 
-def per_class_rows(
-    y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[str]
-) -> list[dict[str, Any]]:
+def per_class_rows(y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[str]) -> list[dict[str, Any]]:
     """Rows of class, precision, recall, f1, support for every class name (absent ones with support 0)."""
     t, p = _pair(y_true, y_pred)
     _check_range(t, p, num_classes=len(class_names))  # sklearn would silently drop unknown labels
     labels = list(range(len(class_names)))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        t, p, labels=labels, average=None, zero_division=0
-    )
+    precision, recall, f1, support = precision_recall_fscore_support(t, p, labels=labels, average=None, zero_division=0)
     return [
         {
             "class": str(name),

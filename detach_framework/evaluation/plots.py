@@ -60,9 +60,7 @@ def plot_confusion_matrix(
     image = ax.imshow(normalised, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
     ticks = np.arange(k)
-    ax.set_xticks(
-        ticks, labels=[str(c) for c in class_names], rotation=45, ha="right", rotation_mode="anchor"
-    )
+    ax.set_xticks(ticks, labels=[str(c) for c in class_names], rotation=45, ha="right", rotation_mode="anchor")
     ax.set_yticks(ticks, labels=[str(c) for c in class_names])
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")

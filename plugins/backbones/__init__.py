@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from detach_plugins.backbones.small_cnn import SmallCnnBackbone, SmallCnnParams
-from detach_plugins.backbones.timm_backbone import TimmBackboneParams, TimmVideoBackbone
-
 from detach_framework.plugins import hookimpl
 from detach_framework.registry import Registry
+from detach_plugins.backbones.small_cnn import SmallCnnBackbone, SmallCnnParams
+from detach_plugins.backbones.timm_backbone import TimmBackboneParams, TimmVideoBackbone
 
 __all__ = [
     "SmallCnnBackbone",

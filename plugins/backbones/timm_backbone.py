@@ -170,16 +170,12 @@ class TimmVideoBackbone(nn.Module):
                 features = features.permute(0, 3, 1, 2)
             return features
         if features.ndim != 3:
-            raise PluginError(
-                f"timm model output of shape {tuple(features.shape)} is neither maps nor tokens"
-            )
+            raise PluginError(f"timm model output of shape {tuple(features.shape)} is neither maps nor tokens")
         tokens = features[:, getattr(self.model, "num_prefix_tokens", 0) :]
         count = tokens.shape[1]
         grid = self._grid(count, height, width)
         if grid is None:
-            raise PluginError(
-                f"cannot fold {count} patch tokens of timm model into a grid for {height}x{width} frames"
-            )
+            raise PluginError(f"cannot fold {count} patch tokens of timm model into a grid for {height}x{width} frames")
         return tokens.transpose(1, 2).unflatten(2, grid)
 
     def _grid(self, count: int, height: int, width: int) -> tuple[int, int] | None:

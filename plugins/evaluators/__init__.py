@@ -78,9 +78,7 @@ class LinearProbeEvaluator:
             out_dir / CONFUSION_PNG,
             title="Linear probe confusion matrix (test)",
         )
-        return EvalResult(
-            metrics=metrics, tables={"per_class": per_class_rows(y_true, y_pred, names)}, plots=[png]
-        )
+        return EvalResult(metrics=metrics, tables={"per_class": per_class_rows(y_true, y_pred, names)}, plots=[png])
 
 
 class RetrievalEvaluator:

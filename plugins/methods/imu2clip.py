@@ -112,14 +112,10 @@ class InfoNceLoss(nn.Module):
     def logit_scale(self) -> torch.Tensor:
         return self.log_scale.clamp(max=self.max_log_scale).exp()
 
-    def forward(
-        self, video: torch.Tensor, sensor: torch.Tensor, weights: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, video: torch.Tensor, sensor: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         video, sensor = F.normalize(video, dim=-1), F.normalize(sensor, dim=-1)
         logits = self.logit_scale() * video @ sensor.T  # S[i, j] = cos(v_i, s_j) / tau
-        return 0.5 * (
-            weighted_nce(logits, weights) + weighted_nce(logits.T, None if weights is None else weights.T)
-        )
+        return 0.5 * (weighted_nce(logits, weights) + weighted_nce(logits.T, None if weights is None else weights.T))
 
 
 def weighted_nce(logits: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:

@@ -332,6 +332,8 @@ def frame_states(rec: Recording, video_times: np.ndarray, flicker_amplitude: flo
     lean = np.zeros_like(t)
     rummage = np.zeros((len(t), 2))
     for v in range(len(rec.visit_fixture)):
+        if t.min() > rec.close_on[v] + rec.close_dur[v] + REACH_RAMP_S or t.max() < rec.open_on[v] - REACH_RAMP_S:
+            continue  # this visit leaves no trace on these frames
         rise = np.clip((t - (rec.open_on[v] - REACH_RAMP_S)) / REACH_RAMP_S, 0.0, 1.0)
         fall = np.clip(((rec.close_on[v] + rec.close_dur[v] + REACH_RAMP_S) - t) / REACH_RAMP_S, 0.0, 1.0)
         amount = np.minimum(rise, fall)
