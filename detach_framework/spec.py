@@ -10,10 +10,10 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from detach_framework.errors import UserError
 from detach_framework.registry import Registry, did_you_mean
@@ -27,6 +27,9 @@ SLOT_KINDS: dict[str, str] = {
     "video_backbone": "video_backbone",
     "video_head": "video_head",
     "sensor_encoder": "sensor_encoder",
+    "video_temporal_head": "video_head",
+    "sensor_temporal_encoder": "sensor_encoder",
+    "clusterer": "clusterer",
     "aligner": "aligner",
     "loss": "loss",
     "evaluators": "evaluator",
@@ -51,11 +54,21 @@ class DataSpec(StrictModel):
 
 
 class ModelSpec(StrictModel):
-    """The encoders: a video backbone, a video head on its feature maps, a sensor encoder."""
+    """The encoders: a video backbone, a video head on its maps, a sensor encoder; decomposed methods
+    add a temporal video head and a temporal sensor encoder (both or neither), and may add a clusterer."""
 
     video_backbone: Any
     video_head: Any
     sensor_encoder: Any
+    video_temporal_head: Any = None
+    sensor_temporal_encoder: Any = None
+    clusterer: Any = None
+
+    @model_validator(mode="after")
+    def _temporal_pair(self) -> ModelSpec:
+        if (self.video_temporal_head is None) != (self.sensor_temporal_encoder is None):
+            raise ValueError("video_temporal_head and sensor_temporal_encoder go together: set both or neither")
+        return self
 
 
 class OptimizerSpec(StrictModel):
@@ -72,8 +85,13 @@ class StageSpec(StrictModel):
     name: str = Field(pattern=_NAME, description="Stage name (unique within the spec).")
     epochs: int = Field(ge=1, description="Epochs of this stage.")
     aligner: Any
-    loss: Any
+    loss: Any = None
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    init_from: str | None = Field(
+        None,
+        description="A run directory whose checkpoints/stage_<name>.pt supplies this stage's end state "
+        "instead of training it (e.g. reuse stage 1 across stage-2 ablations).",
+    )
 
 
 class EvalSpec(StrictModel):
@@ -153,6 +171,10 @@ def _slot_union(registry: Registry, kind: str) -> Any:
     return Annotated[Union[tuple(members)], Field(discriminator="name")]  # noqa: UP007
 
 
+def _optional(slot: Any) -> Any:
+    return Optional[slot]  # noqa: UP045 - the slot is built at run time
+
+
 def _camel(kind: str) -> str:
     return "".join(part.title() for part in kind.split("_"))
 
@@ -167,8 +189,16 @@ def build_spec_model(registry: Registry) -> type[Experiment]:
         video_backbone=(slot["video_backbone"], ...),
         video_head=(slot["video_head"], ...),
         sensor_encoder=(slot["sensor_encoder"], ...),
+        video_temporal_head=(_optional(slot["video_head"]), None),
+        sensor_temporal_encoder=(_optional(slot["sensor_encoder"]), None),
+        clusterer=(_optional(slot["clusterer"]), None),
     )
-    stage = create_model("StageSpec", __base__=StageSpec, aligner=(slot["aligner"], ...), loss=(slot["loss"], ...))
+    stage = create_model(
+        "StageSpec",
+        __base__=StageSpec,
+        aligner=(slot["aligner"], ...),
+        loss=(_optional(slot["loss"]), None),
+    )
     evaluator_slot = slot["evaluator"]
     evaluation = create_model(
         "EvalSpec",

@@ -1,6 +1,13 @@
-"""The alignment model: video backbone + video head and sensor encoder, built from the spec's slots."""
+"""The alignment model, built from the spec's slots.
+
+Global methods use one video head and one sensor encoder. Decomposed methods (DETACH) add a temporal
+video head and a temporal sensor encoder, and may carry a clusterer whose state (memory bank,
+centroids) lives in the model so it is checkpointed with it.
+"""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -12,46 +19,101 @@ from detach_framework.registry import Registry
 
 
 class AlignmentModel(nn.Module):
-    """Encodes raw uint8 video and sensor windows into a shared embedding space."""
+    """Encodes batches of raw uint8 video (or cached backbone maps) and sensor windows."""
 
-    def __init__(self, spec, registry: Registry, source: DatasetSource, sensor_length: int) -> None:
+    def __init__(self, spec, registry: Registry, source: DatasetSource, sensor_length: int, num_train: int = 0) -> None:
         super().__init__()
+        channels = len(source.channel_names)
         self.video_backbone = registry.build("video_backbone", spec.video_backbone)
         self.backbone_frozen = bool(spec.video_backbone.frozen)
-        self.video_head = registry.build("video_head", spec.video_head, in_dim=int(self.video_backbone.feature_dim))
+        feature_dim = int(self.video_backbone.feature_dim)
+        self.video_head = registry.build("video_head", spec.video_head, in_dim=feature_dim)
         self.sensor_encoder = registry.build(
-            "sensor_encoder", spec.sensor_encoder, in_channels=len(source.channel_names), length=sensor_length
+            "sensor_encoder", spec.sensor_encoder, in_channels=channels, length=sensor_length
         )
-        for slot in ("video_head", "sensor_encoder"):
-            if not isinstance(getattr(self, slot), nn.Module) or not hasattr(getattr(self, slot), "out_dim"):
-                raise PluginError(f"{slot} '{getattr(spec, slot).name}' must be an nn.Module with `out_dim`")
+        self.video_temporal_head = None
+        self.sensor_temporal_encoder = None
+        if spec.video_temporal_head is not None:
+            head_spec = spec.video_temporal_head
+            self.video_temporal_head = registry.build("video_head", head_spec, in_dim=feature_dim)
+            self.sensor_temporal_encoder = registry.build(
+                "sensor_encoder", spec.sensor_temporal_encoder, in_channels=channels, length=sensor_length
+            )
+        self.clusterer = None
+        if spec.clusterer is not None:
+            self.clusterer = registry.build(
+                "clusterer", spec.clusterer, num_samples=num_train, dim=int(self.sensor_encoder.out_dim)
+            )
+        for slot in ("video_head", "sensor_encoder", "video_temporal_head", "sensor_temporal_encoder"):
+            part = getattr(self, slot)
+            if part is not None and (not isinstance(part, nn.Module) or not hasattr(part, "out_dim")):
+                raise PluginError(f"model.{slot} '{getattr(spec, slot).name}' must be an nn.Module with `out_dim`")
         mean = torch.tensor(self.video_backbone.mean, dtype=torch.float32).view(1, 1, 3, 1, 1)
         std = torch.tensor(self.video_backbone.std, dtype=torch.float32).view(1, 1, 3, 1, 1)
-        # Folded so that normalisation is one multiply-add: x/255 - mean) / std.
+        # Folded so that normalisation is one multiply-add: (x / 255 - mean) / std.
         self.register_buffer("pixel_scale", 1.0 / (255.0 * std), persistent=False)
         self.register_buffer("pixel_shift", -mean / std, persistent=False)
         if self.backbone_frozen:
             self.video_backbone.requires_grad_(False)
 
+    @property
+    def decomposed(self) -> bool:
+        return self.video_temporal_head is not None
+
     def normalise_video(self, video: torch.Tensor) -> torch.Tensor:
         return video.float() * self.pixel_scale + self.pixel_shift
 
-    def video_maps(self, video: torch.Tensor) -> torch.Tensor:
-        x = self.normalise_video(video)
+    def video_maps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Backbone maps [B, T, D, h, w]: read from the batch when a feature cache supplied them."""
+        if "video_maps" in batch:
+            return batch["video_maps"].float()
+        x = self.normalise_video(batch["video"])
         if self.backbone_frozen:
             with torch.no_grad():
                 return self.video_backbone(x)
         return self.video_backbone(x)
 
-    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
-        return self.video_head(self.video_maps(video))
+    def encode_video(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """z_v (or the global video vector): the video head on the backbone maps."""
+        return self.video_head(self.video_maps(batch))
 
-    def encode_sensor(self, sensor: torch.Tensor) -> torch.Tensor:
-        return self.sensor_encoder(sensor)
+    def encode_sensor(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """z_s (or the global sensor vector)."""
+        return self.sensor_encoder(batch["sensor"])
+
+    def encode_video_temporal(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """h_v: a head declaring `input_kind = "frames"` sees normalised frames, others the backbone maps."""
+        head = self.video_temporal_head
+        if getattr(head, "input_kind", "maps") == "frames":
+            return head(self.normalise_video(batch["video"]))
+        return head(self.video_maps(batch))
+
+    def encode_sensor_temporal(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.sensor_temporal_encoder(batch["sensor"])
+
+    def spatial_modules(self) -> list[nn.Module]:
+        return [m for m in (self.video_backbone, self.video_head, self.sensor_encoder) if m is not None]
+
+    def temporal_modules(self) -> list[nn.Module]:
+        return [m for m in (self.video_temporal_head, self.sensor_temporal_encoder) if m is not None]
 
     @torch.no_grad()
     def embed(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Frozen embeddings for evaluation: probe features and the joint video/sensor embeddings."""
-        video = F.normalize(self.encode_video(batch["video"]), dim=-1)
-        sensor = F.normalize(self.encode_sensor(batch["sensor"]), dim=-1)
-        return {"probe": sensor, "video": video, "sensor": sensor}
+        """Frozen embeddings for evaluation.
+
+        probe: the sensor feature of the linear probe, [normalize(z_s), normalize(h_s)] when decomposed.
+        video / sensor: L2-normalised joint embeddings u (for a decomposed model u = [n(z), n(h)] / sqrt 2,
+        whose cosine is the mean of the spatial and temporal cosines, as in the stage-2 loss).
+        """
+        video = F.normalize(self.encode_video(batch), dim=-1)
+        sensor = F.normalize(self.encode_sensor(batch), dim=-1)
+        if not self.decomposed:
+            return {"probe": sensor, "video": video, "sensor": sensor}
+        video_t = F.normalize(self.encode_video_temporal(batch), dim=-1)
+        sensor_t = F.normalize(self.encode_sensor_temporal(batch), dim=-1)
+        probe = torch.cat([sensor, sensor_t], dim=-1)
+        return {
+            "probe": probe,
+            "video": torch.cat([video, video_t], dim=-1) / math.sqrt(2.0),
+            "sensor": probe / math.sqrt(2.0),
+        }

@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -86,6 +88,24 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 @dataclass
+class StageContext:
+    """What an aligner's optional lifecycle hooks may use.
+
+    Hooks (all optional on an aligner): on_stage_start(model, context) - e.g. k-means initialisation over
+    `train_batches()` (unshuffled, on the device; skip it when `resumed`, the state came from the
+    checkpoint); on_epoch_start(epoch); after_optimizer_step(model) - e.g. EMA updates;
+    on_epoch_end(model) -> dict of diagnostics merged into the epoch's metrics record.
+    """
+
+    device: torch.device
+    epochs: int
+    num_train: int
+    seed: int
+    resumed: bool
+    train_batches: Callable[[], Iterator[dict[str, Any]]]
+
+
+@dataclass
 class Position:
     """Where training stands: the stage being trained and how many of its epochs are complete."""
 
@@ -105,20 +125,38 @@ class Trainer:
         self.device = resolve_device(spec.runtime.device)
         seed_everything(spec.seed, spec.deterministic)
         self.source = build_source(spec, host)
-        self.train_set = self.source.split("train")
+        self.train_set = self.split("train")
         if len(self.train_set) < 2:
             raise UserError(f"data.dataset: the train split has {len(self.train_set)} samples, at least 2 needed")
-        self.val_set = self.source.split("val")
-        self.model = AlignmentModel(spec.model, host.registry, self.source, spec.data.sensor_length).to(self.device)
+        self.val_set = self.split("val")
+        self.model = AlignmentModel(
+            spec.model, host.registry, self.source, spec.data.sensor_length, num_train=len(self.train_set)
+        ).to(self.device)
         self.progress = progress_enabled(spec.runtime.progress)
         self.tensorboard = None  # opened by fit(): evaluation alone writes no event files
+
+    def split(self, name: str) -> Dataset:
+        """One split of the dataset as training and evaluation read it."""
+        return self.source.split(name)
+
+    def stage_context(self, index: int, resumed: bool) -> StageContext:
+        return StageContext(
+            device=self.device,
+            epochs=self.spec.stages[index].epochs,
+            num_train=len(self.train_set),
+            seed=self.spec.seed,
+            resumed=resumed,
+            train_batches=lambda: (
+                to_device(b, self.device) for b in make_loader(self.train_set, self.spec, shuffle=False)
+            ),
+        )
 
     # -- stage assembly -----------------------------------------------------------------------------
 
     def build_stage(self, index: int) -> tuple[nn.Module, torch.optim.Optimizer, list[nn.Module]]:
         stage = self.spec.stages[index]
         registry = self.host.registry
-        loss = registry.build("loss", stage.loss)
+        loss = registry.build("loss", stage.loss) if stage.loss is not None else None
         aligner = registry.build("aligner", stage.aligner, model=self.model, loss=loss).to(self.device)
         trainable = [m for m in aligner.trainable_modules(self.model) if m is not None]
         if self.model.backbone_frozen:
@@ -184,11 +222,16 @@ class Trainer:
         while pos.stage_index < len(self.spec.stages):
             stage = self.spec.stages[pos.stage_index]
             aligner, optimizer, trainable = self.build_stage(pos.stage_index)
-            if state is not None:  # resuming inside this stage: restore its optimizer, aligner, RNG
+            if stage.init_from is not None and state is None:
+                self._adopt_stage(pos, aligner, optimizer)
+            resumed = state is not None
+            if resumed:  # resuming inside this stage: restore its optimizer, aligner, RNG
                 aligner.load_state_dict(state["aligner"])
                 optimizer.load_state_dict(state["optimizer"])
                 set_rng_state(state["rng"])
                 state = None
+            if hasattr(aligner, "on_stage_start") and pos.epochs_done < stage.epochs:
+                aligner.on_stage_start(self.model, self.stage_context(pos.stage_index, resumed))
             while pos.epochs_done < stage.epochs:
                 record = self._train_epoch(pos, aligner, optimizer, trainable)
                 pos.epochs_done += 1
@@ -208,6 +251,29 @@ class Trainer:
         if self.tensorboard is not None:
             self.tensorboard.close()
 
+    def _adopt_stage(self, pos: Position, aligner: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Take this stage's end state from another run instead of training it (`init_from`)."""
+        stage = self.spec.stages[pos.stage_index]
+        source = Path(stage.init_from) / "checkpoints" / f"stage_{stage.name}.pt"
+        state = load_checkpoint(source, map_location=self.device)
+        try:
+            self.model.load_state_dict(state["model"])
+            aligner.load_state_dict(state["aligner"])
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0]
+            raise UserError(f"stages.{pos.stage_index}.init_from: {source} does not fit this model ({first})") from None
+        pos.epochs_done = stage.epochs
+        self.run.log(
+            {
+                "kind": "init_from",
+                "stage": stage.name,
+                "stage_index": pos.stage_index,
+                "epoch": stage.epochs,
+                "source": str(source),
+                "source_uid": state.get("uid"),
+            }
+        )
+
     def _train_epoch(
         self, pos: Position, aligner: nn.Module, optimizer: torch.optim.Optimizer, trainable: list[nn.Module]
     ) -> dict[str, Any]:
@@ -218,6 +284,8 @@ class Trainer:
         totals: dict[str, float] = {}
         batches = 0
         started = time.perf_counter()
+        if hasattr(aligner, "on_epoch_start"):
+            aligner.on_epoch_start(epoch)
         bar = tqdm(loader, desc=f"{stage.name} {epoch}/{stage.epochs}", disable=not self.progress, leave=False)
         for batch in bar:
             out = aligner(self.model, to_device(batch, self.device))
@@ -233,6 +301,8 @@ class Trainer:
                     [p for g in optimizer.param_groups for p in g["params"]], stage.optimizer.grad_clip
                 )
             optimizer.step()
+            if hasattr(aligner, "after_optimizer_step"):
+                aligner.after_optimizer_step(self.model)
             pos.global_step += 1
             batches += 1
             scalars = {k: float(v.detach()) for k, v in out.items() if v.dim() == 0}
@@ -259,6 +329,8 @@ class Trainer:
             "seconds": round(time.perf_counter() - started, 3),
         }
         record.update({f"train_{k}": v / max(batches, 1) for k, v in totals.items()})
+        if hasattr(aligner, "on_epoch_end"):
+            record.update(aligner.on_epoch_end(self.model))
         if len(self.val_set) >= 2:
             record["val_loss"] = self._validate(aligner)
         return record

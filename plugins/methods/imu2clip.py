@@ -150,8 +150,8 @@ class GlobalContrastiveAligner(nn.Module):
         return [model.video_backbone, model.video_head, model.sensor_encoder]
 
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        video = model.encode_video(batch["video"])
-        sensor = model.encode_sensor(batch["sensor"])
+        video = model.encode_video(batch)
+        sensor = model.encode_sensor(batch)
         out = {"loss": self.loss(video, sensor)}
         if hasattr(self.loss, "logit_scale"):
             out["temperature"] = 1.0 / self.loss.logit_scale().detach()
