@@ -45,6 +45,7 @@ class Component:
     params: type[BaseModel]
     description: str
     plugin: str
+    tools: dict[str, Callable[..., Any]] = field(default_factory=dict)
 
 
 def did_you_mean(value: str, choices: list[str]) -> str:
@@ -69,7 +70,10 @@ class Registry:
         factory: Callable[..., Any],
         params: type[BaseModel],
         description: str = "",
+        tools: dict[str, Callable[..., Any]] | None = None,
     ) -> None:
+        """Register a component. `tools` are optional named utilities of the component that the CLI
+        exposes (a dataset's "export", "fixture", "inspect"), looked up by name, never imported."""
         where = f"plugin '{self.current_plugin}'"
         if kind not in KINDS:
             raise PluginError(
@@ -98,6 +102,8 @@ class Registry:
                 f"{where} registers video_backbone '{name}': its params must derive from "
                 "detach_framework.contracts.VideoBackboneParams (the trainer reads `frozen`)"
             )
+        if tools is not None and not all(isinstance(k, str) and callable(v) for k, v in tools.items()):
+            raise PluginError(f"{where} registers {kind} '{name}': tools must map names to callables")
         if "name" in params.model_fields:
             raise PluginError(f"{where} registers {kind} '{name}': params model may not define 'name' (it is the tag)")
         self._components[kind][name] = Component(
@@ -107,6 +113,7 @@ class Registry:
             params=params,
             description=description.strip().splitlines()[0] if description.strip() else "",
             plugin=self.current_plugin,
+            tools=dict(tools or {}),
         )
 
     def names(self, kind: str) -> list[str]:
