@@ -81,12 +81,15 @@ class AlignmentModel(nn.Module):
         """z_s (or the global sensor vector)."""
         return self.sensor_encoder(batch["sensor"])
 
+    def video_temporal_input(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """A temporal head declaring `input_kind = "frames"` sees normalised frames, others backbone maps."""
+        if getattr(self.video_temporal_head, "input_kind", "maps") == "frames":
+            return self.normalise_video(batch["video"])
+        return self.video_maps(batch)
+
     def encode_video_temporal(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """h_v: a head declaring `input_kind = "frames"` sees normalised frames, others the backbone maps."""
-        head = self.video_temporal_head
-        if getattr(head, "input_kind", "maps") == "frames":
-            return head(self.normalise_video(batch["video"]))
-        return head(self.video_maps(batch))
+        """h_v."""
+        return self.video_temporal_head(self.video_temporal_input(batch))
 
     def encode_sensor_temporal(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.sensor_temporal_encoder(batch["sensor"])

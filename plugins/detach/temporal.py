@@ -1,0 +1,141 @@
+"""Stage 2 of DETACH: temporal alignment with the spatial-temporal weighted contrastive loss."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from detach_framework.errors import UserError
+from detach_framework.registry import ComponentParams
+
+
+class TemporalParams(ComponentParams):
+    momentum: float = Field(0.999, ge=0, lt=1, description="EMA: theta_m <- m * theta_m + (1 - m) * theta.")
+    lambda_hard: float = Field(3.0, ge=1, description="W_sp = 1 + (lambda_hard - 1) * S_sp.")
+    spatial_weight: bool = Field(True, description="Use W_sp (ablation: without W_sp).")
+    temporal_weight: bool = Field(True, description="Use W_tm (ablation: without W_tm).")
+    temporal_similarity: Literal["cross_modal", "intra_modal"] = Field(
+        "cross_modal",
+        description="S_tm from cos(h'_v,i, h'_s,j) (paper) or the mean of the within-modality cosines (code).",
+    )
+
+
+def pairwise_cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T
+
+
+def negative_weights(
+    z_v: torch.Tensor,
+    z_s: torch.Tensor,
+    hm_v: torch.Tensor,
+    hm_s: torch.Tensor,
+    *,
+    lambda_hard: float,
+    spatial_weight: bool = True,
+    temporal_weight: bool = True,
+    temporal_similarity: str = "cross_modal",
+) -> torch.Tensor:
+    """W = W_sp * W_tm with W_ii = 0 (METHOD.md, stage 2).
+
+    S_sp = max(ReLU(cos(z_v,i, z_v,j)), ReLU(cos(z_s,i, z_s,j))); W_sp = 1 + (lambda_hard - 1) * S_sp
+    S_tm = ReLU(cos(h'_v,i, h'_s,j)) or ReLU((cos(h'_v,i, h'_v,j) + cos(h'_s,i, h'_s,j)) / 2)
+    W_tm = 1 - S_sp * S_tm. A switched-off factor is 1; both off gives plain InfoNCE (W = 1 off-diagonal).
+    """
+    s_sp = torch.maximum(pairwise_cos(z_v, z_v).relu(), pairwise_cos(z_s, z_s).relu())
+    weights = torch.ones_like(s_sp)
+    if spatial_weight:
+        weights = weights * (1 + (lambda_hard - 1) * s_sp)
+    if temporal_weight:
+        if temporal_similarity == "cross_modal":
+            s_tm = pairwise_cos(hm_v, hm_s).relu()
+        else:
+            s_tm = ((pairwise_cos(hm_v, hm_v) + pairwise_cos(hm_s, hm_s)) / 2).relu()
+        weights = weights * (1 - s_sp * s_tm)
+    return weights.fill_diagonal_(0.0)
+
+
+def negative_types(labels: torch.Tensor, fixtures: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Ground-truth types of off-diagonal pairs between labelled windows (analysis only):
+    false = same fixture and same action, hard = same fixture, other action, easy = other fixture."""
+    known = fixtures >= 0
+    pair = known[:, None] & known[None, :] & ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+    same_place = fixtures[:, None] == fixtures[None, :]
+    same_action = labels[:, None] == labels[None, :]
+    return {
+        "false": pair & same_place & same_action,
+        "hard": pair & same_place & ~same_action,
+        "easy": pair & ~same_place,
+    }
+
+
+class TemporalAligner(nn.Module):
+    """Trains g_v and g_s only; f_v and f_s stay frozen. Keeps EMA momentum copies of g_v and g_s."""
+
+    def __init__(self, params: TemporalParams, model: nn.Module, loss: nn.Module | None) -> None:
+        super().__init__()
+        if not model.decomposed:
+            raise UserError("aligner detach_temporal needs model.video_temporal_head and model.sensor_temporal_encoder")
+        if loss is None:
+            raise UserError("aligner detach_temporal needs a stage loss (e.g. name: infonce, temperature: 0.1)")
+        self.params = params
+        self.loss = loss
+        self.momentum_video = copy.deepcopy(model.video_temporal_head).requires_grad_(False)
+        self.momentum_sensor = copy.deepcopy(model.sensor_temporal_encoder).requires_grad_(False)
+        self._sums = {"false": 0.0, "hard": 0.0, "easy": 0.0}
+        self._counts = {"false": 0, "hard": 0, "easy": 0}
+
+    def trainable_modules(self, model: nn.Module) -> list[nn.Module]:
+        return [model.video_temporal_head, model.sensor_temporal_encoder]
+
+    def train(self, mode: bool = True) -> TemporalAligner:
+        super().train(mode)
+        # Momentum encoders always run in eval mode: their batch-norm statistics come from the EMA.
+        self.momentum_video.eval()
+        self.momentum_sensor.eval()
+        return self
+
+    @torch.no_grad()
+    def after_optimizer_step(self, model: nn.Module) -> None:
+        m = self.params.momentum
+        for online, ema in ((model.video_temporal_head, self.momentum_video),
+                            (model.sensor_temporal_encoder, self.momentum_sensor)):
+            for p_ema, p in zip(ema.parameters(), online.parameters(), strict=True):
+                p_ema.mul_(m).add_(p.detach(), alpha=1 - m)
+            for b_ema, b in zip(ema.buffers(), online.buffers(), strict=True):
+                b_ema.copy_(b)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self._sums = dict.fromkeys(self._sums, 0.0)
+        self._counts = dict.fromkeys(self._counts, 0)
+
+    def on_epoch_end(self, model: nn.Module) -> dict[str, Any]:
+        return {f"w_{kind}": self._sums[kind] / self._counts[kind] for kind in self._sums if self._counts[kind]}
+
+    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        with torch.no_grad():  # the spatial branch is frozen in this stage
+            z_v = model.encode_video(batch)
+            z_s = model.encode_sensor(batch)
+            video_input = model.video_temporal_input(batch)
+            hm_v = self.momentum_video(video_input)
+            hm_s = self.momentum_sensor(batch["sensor"])
+        h_v = model.video_temporal_head(video_input)
+        h_s = model.sensor_temporal_encoder(batch["sensor"])
+        p = self.params
+        weights = negative_weights(
+            z_v, z_s, hm_v, hm_s, lambda_hard=p.lambda_hard, spatial_weight=p.spatial_weight,
+            temporal_weight=p.temporal_weight, temporal_similarity=p.temporal_similarity,
+        )
+        u_v = torch.cat([F.normalize(z_v, dim=-1), F.normalize(h_v, dim=-1)], dim=-1)
+        u_s = torch.cat([F.normalize(z_s, dim=-1), F.normalize(h_s, dim=-1)], dim=-1)
+        loss = self.loss(u_v, u_s, weights)
+        if self.training and "fixture" in batch:
+            for kind, mask in negative_types(batch["label"], batch["fixture"]).items():
+                if mask.any():
+                    self._sums[kind] += float(weights[mask].sum())
+                    self._counts[kind] += int(mask.sum())
+        return {"loss": loss, "w_mean": weights.sum() / max(weights.numel() - len(weights), 1)}
