@@ -54,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty run directory")
     p = command("eval", "evaluate a run directory again and rewrite its summary.json")
     p.add_argument("run_dir", type=Path)
+    p = command("cache", "build, inspect, verify or clear the LMDB feature cache of a spec")
+    p.add_argument("action", choices=("build", "info", "verify", "clear"))
+    p.add_argument("spec")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value")
+    p.add_argument("--all", action="store_true", help="clear: every cache under the spec's cache.dir")
     data = command("data", "data utilities")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     synth = data_sub.add_parser("synth", help="write the synthetic kitchen to a directory")
@@ -163,6 +168,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    from detach_framework.cache.commands import run_cache_command
+
+    return run_cache_command(args, _host(args))
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
@@ -196,5 +207,6 @@ COMMANDS = {
     "schema": cmd_schema,
     "train": cmd_train,
     "eval": cmd_eval,
+    "cache": cmd_cache,
     "data": cmd_data,
 }

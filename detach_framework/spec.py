@@ -116,6 +116,36 @@ class RuntimeSpec(StrictModel):
         return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
+class CacheSpec(StrictModel):
+    """LMDB cache of frozen computation (detach_framework/cache): a frozen backbone's per-frame maps and,
+    optionally, decoded frames, built on first use under `dir`.
+
+    In the run uid: `mode` and `features_dtype`, because features stored as float16 differ from recomputed
+    float32 maps by float16 rounding, so a cached run's losses differ slightly (about 1e-3 relative) from an
+    uncached one. Not in it: `dir` (a location) and `frames` (uint8 frames are stored exactly).
+    """
+
+    mode: Literal["auto", "off"] = Field(
+        "auto",
+        description="auto: read a frozen backbone's features (and frames, see `frames`) from the cache; off: never.",
+    )
+    dir: str = Field(".detach_cache", description="Directory holding the caches (one LMDB store per cache uid).")
+    frames: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Cache decoded, resized frames. auto: only when features are cached and a temporal head reads "
+        "frames; on: also for a trainable backbone.",
+    )
+    features_dtype: Literal["float16", "float32"] = Field(
+        "float16", description="Storage dtype of cached features (restored to float32 by the model)."
+    )
+
+    @field_validator("mode", "frames", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare on/off as a boolean.
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+
 class Experiment(StrictModel):
     """A whole experiment: data, model, training stages, evaluation, runtime."""
 
@@ -127,6 +157,7 @@ class Experiment(StrictModel):
     stages: list[StageSpec] = Field(min_length=1)
     eval: EvalSpec = Field(default_factory=EvalSpec)
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
+    cache: CacheSpec = Field(default_factory=CacheSpec)
 
     @field_validator("stages")
     @classmethod
@@ -143,7 +174,7 @@ class Experiment(StrictModel):
 
 
 # Paths (model_dump keys) that never change results: excluded from the uid hash.
-UID_EXCLUDE: dict[str, Any] = {"name": True, "runtime": True, "data": {"num_workers"}}
+UID_EXCLUDE: dict[str, Any] = {"name": True, "runtime": True, "data": {"num_workers"}, "cache": {"dir", "frames"}}
 
 
 def spec_uid(spec: BaseModel) -> str:

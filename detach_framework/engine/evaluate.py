@@ -16,7 +16,7 @@ from detach_framework.errors import PluginError, UserError
 
 @torch.no_grad()
 def embed_split(trainer: Trainer, split: str) -> EmbeddingSet:
-    dataset = trainer.source.split(split)
+    dataset = trainer.split(split)  # cache-backed when the training splits are
     if len(dataset) == 0:
         raise UserError(f"data.dataset: the {split} split is empty, nothing to evaluate")
     trainer.model.eval()

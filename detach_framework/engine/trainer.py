@@ -125,19 +125,24 @@ class Trainer:
         self.device = resolve_device(spec.runtime.device)
         seed_everything(spec.seed, spec.deterministic)
         self.source = build_source(spec, host)
-        self.train_set = self.split("train")
-        if len(self.train_set) < 2:
-            raise UserError(f"data.dataset: the train split has {len(self.train_set)} samples, at least 2 needed")
-        self.val_set = self.split("val")
+        num_train = len(self.source.split("train"))
+        if num_train < 2:
+            raise UserError(f"data.dataset: the train split has {num_train} samples, at least 2 needed")
+        # Built before the splits: a frozen backbone's cached features come from this very model.
         self.model = AlignmentModel(
-            spec.model, host.registry, self.source, spec.data.sensor_length, num_train=len(self.train_set)
+            spec.model, host.registry, self.source, spec.data.sensor_length, num_train=num_train
         ).to(self.device)
+        self.train_set = self.split("train")
+        self.val_set = self.split("val")
         self.progress = progress_enabled(spec.runtime.progress)
         self.tensorboard = None  # opened by fit(): evaluation alone writes no event files
 
     def split(self, name: str) -> Dataset:
-        """One split of the dataset as training and evaluation read it."""
-        return self.source.split(name)
+        """One split of the dataset as training and evaluation read it: from the LMDB cache when `spec.cache`
+        and a frozen backbone allow (built on first use), else the dataset's own split."""
+        from detach_framework.cache import cached_split  # late: the cache reaches back into this module
+
+        return cached_split(self, name)
 
     def stage_context(self, index: int, resumed: bool) -> StageContext:
         return StageContext(

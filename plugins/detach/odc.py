@@ -143,7 +143,9 @@ class OnlineDeepClustering(nn.Module):
             return sensor
         fraction = torch.rand(batch, 1, generator=generator).to(sensor.device)
         steps = torch.arange(length, dtype=sensor.dtype, device=sensor.device)
-        offset = self.params.time_warp * length * torch.sin(torch.linspace(0, 4 * torch.pi, length, device=sensor.device))
+        offset = (
+            self.params.time_warp * length * torch.sin(torch.linspace(0, 4 * torch.pi, length, device=sensor.device))
+        )
         position = (steps + fraction * offset).clamp(0, length - 1)  # [B, L]
         low = position.floor().long().clamp(max=length - 2)
         weight = (position - low).unsqueeze(1)  # [B, 1, L]

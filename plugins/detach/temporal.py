@@ -102,8 +102,10 @@ class TemporalAligner(nn.Module):
     @torch.no_grad()
     def after_optimizer_step(self, model: nn.Module) -> None:
         m = self.params.momentum
-        for online, ema in ((model.video_temporal_head, self.momentum_video),
-                            (model.sensor_temporal_encoder, self.momentum_sensor)):
+        for online, ema in (
+            (model.video_temporal_head, self.momentum_video),
+            (model.sensor_temporal_encoder, self.momentum_sensor),
+        ):
             for p_ema, p in zip(ema.parameters(), online.parameters(), strict=True):
                 p_ema.mul_(m).add_(p.detach(), alpha=1 - m)
             for b_ema, b in zip(ema.buffers(), online.buffers(), strict=True):
@@ -127,8 +129,14 @@ class TemporalAligner(nn.Module):
         h_s = model.sensor_temporal_encoder(batch["sensor"])
         p = self.params
         weights = negative_weights(
-            z_v, z_s, hm_v, hm_s, lambda_hard=p.lambda_hard, spatial_weight=p.spatial_weight,
-            temporal_weight=p.temporal_weight, temporal_similarity=p.temporal_similarity,
+            z_v,
+            z_s,
+            hm_v,
+            hm_s,
+            lambda_hard=p.lambda_hard,
+            spatial_weight=p.spatial_weight,
+            temporal_weight=p.temporal_weight,
+            temporal_similarity=p.temporal_similarity,
         )
         u_v = torch.cat([F.normalize(z_v, dim=-1), F.normalize(h_v, dim=-1)], dim=-1)
         u_s = torch.cat([F.normalize(z_s, dim=-1), F.normalize(h_s, dim=-1)], dim=-1)

@@ -10,6 +10,7 @@ import torch
 
 from detach_framework.contracts import SPLITS
 from detach_framework.data.settings import DataSettings
+from detach_framework.data.transforms import apply_zscore, channel_statistics, resample_linear, resolve_nan
 from detach_framework.errors import UserError
 
 from .layout import ACTIVITY_NAMES, CLASS_NAMES, FIXTURE_NAMES, SENSOR_RATE_HZ, channel_layout
@@ -19,7 +20,6 @@ from .scene import Recording, frame_states
 from .storage import export_recordings
 
 SPLIT_FRACTIONS = {"val": 0.2, "test": 0.2}  # of the subjects; the rest train
-DEAD_CHANNEL_NAN_FRACTION = 0.5  # a channel more NaN than this in a window carries no information
 
 
 def subject_splits(subjects: int, seed: int) -> dict[str, list[int]]:
@@ -35,32 +35,6 @@ def subject_splits(subjects: int, seed: int) -> dict[str, list[int]]:
         "val": sorted(int(s) for s in order[n_test : n_test + n_val]),
         "train": sorted(int(s) for s in order[n_test + n_val :]),
     }
-
-
-def resolve_nan(window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """NaN policy on one raw window [C, n]: a channel more than half NaN is zeroed (and flagged dead),
-    any other NaN is interpolated linearly, edge values held. Returns (filled, dead [C] bool)."""
-    window = np.asarray(window, np.float64)
-    missing = np.isnan(window)
-    dead = missing.mean(axis=1) > DEAD_CHANNEL_NAN_FRACTION
-    out = np.where(missing, 0.0, window)
-    out[dead] = 0.0
-    steps = np.arange(window.shape[1])
-    for c in np.flatnonzero(missing.any(axis=1) & ~dead):
-        ok = ~missing[c]
-        out[c] = np.interp(steps, steps[ok], window[c, ok])
-    return out, dead
-
-
-def resample_linear(x: np.ndarray, length: int) -> np.ndarray:
-    """Linear resampling of the last axis to `length` points spanning the same interval."""
-    n = x.shape[-1]
-    if n == 1:
-        return np.repeat(x, length, axis=-1)
-    pos = np.linspace(0.0, n - 1, length)
-    i0 = np.minimum(np.floor(pos).astype(np.int64), n - 2)
-    frac = pos - i0
-    return x[..., i0] * (1.0 - frac) + x[..., i0 + 1] * frac
 
 
 @dataclass
@@ -117,9 +91,14 @@ class SyntheticKitchen:
 
         windows = {name: self._windows(self.subject_splits[name]) for name in SPLITS}
         raw = {name: self._sensor_windows(windows[name]) for name in SPLITS}
-        self.sensor_mean, self.sensor_std = _train_statistics(*raw["train"])  # train only, computed once
+        self.sensor_mean, self.sensor_std, _ = channel_statistics(*raw["train"])  # train only, computed once
         self._splits = {
-            name: KitchenSplit(self, name, windows[name], _zscore(*raw[name], self.sensor_mean, self.sensor_std))
+            name: KitchenSplit(
+                self,
+                name,
+                windows[name],
+                apply_zscore(*raw[name], self.sensor_mean, self.sensor_std).astype(np.float32),
+            )
             for name in SPLITS
         }
 
@@ -193,23 +172,6 @@ class SyntheticKitchen:
                 raw[j], dead[rows[j]] = resolve_nan(raw[j])
             out[rows] = resample_linear(raw, length)
         return out, dead
-
-
-def _train_statistics(x: np.ndarray, dead: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean/std over the train windows, ignoring windows where the channel was dead."""
-    live = (~dead)[:, :, None].astype(np.float64)
-    count = np.maximum(live.sum(axis=(0, 2)) * x.shape[2], 1.0)
-    mean = (x * live).sum(axis=(0, 2)) / count
-    var = (((x - mean[None, :, None]) ** 2) * live).sum(axis=(0, 2)) / count
-    std = np.sqrt(var)
-    std = np.where(std < 1e-6, 1.0, std)  # a channel that never moved in train stays unscaled
-    return mean, std
-
-
-def _zscore(x: np.ndarray, dead: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    z = (x - mean[None, :, None]) / std[None, :, None]
-    z[dead] = 0.0  # after scaling, so a dropped channel reads "no information" rather than a spike
-    return z.astype(np.float32)
 
 
 class KitchenSplit(torch.utils.data.Dataset):

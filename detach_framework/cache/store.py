@@ -1,0 +1,281 @@
+"""The LMDB store: the value codec, the single batched writer and the lazy per-process reader.
+
+A value is a record of named arrays: a 12-byte prefix (magic, crc32 of everything after the first 8 bytes,
+field count, header length), a header (per field: name, dtype code, shape), then each field's raw bytes at
+an 8-byte aligned offset. No pickle: only dtype codes, shapes and bytes are ever read back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import zlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lmdb
+import numpy as np
+import torch
+
+from detach_framework.atomic import atomic_write_json
+from detach_framework.errors import UserError
+
+MAGIC = b"DTC1"
+_PREFIX = struct.Struct("<4sIHH")  # magic, crc32 of value[8:], field count, header length
+_CODES: dict[int, tuple[np.dtype, torch.dtype]] = {
+    1: (np.dtype(np.uint8), torch.uint8),
+    2: (np.dtype(np.int8), torch.int8),
+    3: (np.dtype(np.int16), torch.int16),
+    4: (np.dtype(np.int32), torch.int32),
+    5: (np.dtype(np.int64), torch.int64),
+    6: (np.dtype(np.float16), torch.float16),
+    7: (np.dtype(np.float32), torch.float32),
+    8: (np.dtype(np.float64), torch.float64),
+    9: (np.dtype(np.bool_), torch.bool),
+}
+_CODE_OF = {np_dtype: code for code, (np_dtype, _) in _CODES.items()}
+
+COMPLETE = "complete.json"  # the completion marker, written before the store is renamed into place
+BUILDING = "building.json"  # written when a build starts: names the uid a partial store belongs to
+LAST_RUN = "last_run.json"  # read statistics of the last process that read the store
+STORE_FILES = frozenset({"data.mdb", "lock.mdb", COMPLETE, BUILDING, LAST_RUN})
+DEFAULT_MAP_SIZE = 256 << 20  # grown by doubling whenever a batch does not fit
+
+
+class CorruptEntryError(UserError):
+    """A stored value fails its checksum or does not parse."""
+
+
+def _align(offset: int) -> int:
+    return (offset + 7) & ~7
+
+
+def encode_record(arrays: Mapping[str, np.ndarray | torch.Tensor]) -> bytes:
+    """Named arrays -> one value (header + raw bytes + crc32)."""
+    header = bytearray()
+    blobs: list[bytes] = []
+    for name, array in arrays.items():
+        if isinstance(array, torch.Tensor):
+            array = array.detach().cpu().numpy()
+        array = np.ascontiguousarray(array)
+        code = _CODE_OF.get(array.dtype)
+        if code is None:
+            raise ValueError(f"cache field '{name}': dtype {array.dtype} cannot be stored")
+        label = name.encode()
+        header += struct.pack("<BBB", len(label), code, array.ndim) + label
+        header += struct.pack(f"<{array.ndim}Q", *array.shape)
+        blobs.append(array.tobytes())
+    body = bytearray(struct.pack("<HH", len(blobs), len(header)) + header)
+    for blob in blobs:
+        body += bytes(_align(8 + len(body)) - 8 - len(body))
+        body += blob
+    return struct.pack("<4sI", MAGIC, zlib.crc32(body)) + bytes(body)
+
+
+# Parsed headers by their bytes: every entry of a store shares one header, so it is parsed once per process.
+_LAYOUTS: dict[bytes, tuple[list[tuple[str, torch.dtype, tuple[int, ...], int, int]], int]] = {}
+
+
+def _layout(head: bytes) -> tuple[list[tuple[str, torch.dtype, tuple[int, ...], int, int]], int]:
+    cached = _LAYOUTS.get(head)
+    if cached is not None:
+        return cached
+    count, _ = struct.unpack_from("<HH", head)
+    fields: list[tuple[str, torch.dtype, tuple[int, ...], int, int]] = []
+    pos, offset = 4, len(head) + 8
+    for _ in range(count):
+        size, code, ndim = struct.unpack_from("<BBB", head, pos)
+        name = head[pos + 3 : pos + 3 + size].decode()
+        pos += 3 + size
+        shape = struct.unpack_from(f"<{ndim}Q", head, pos)
+        pos += 8 * ndim
+        np_dtype, torch_dtype = _CODES[code]
+        offset = _align(offset)
+        count_items = int(np.prod(shape, dtype=np.int64))
+        fields.append((name, torch_dtype, tuple(shape), offset, count_items))
+        offset += count_items * np_dtype.itemsize
+    if pos != len(head):
+        raise ValueError("header length mismatch")
+    if len(_LAYOUTS) > 256:  # stores with varying shapes: keep the memo bounded
+        _LAYOUTS.clear()
+    _LAYOUTS[head] = (fields, offset)
+    return fields, offset
+
+
+def decode_record(value: bytes | memoryview, key: str, *, check: bool = True) -> dict[str, torch.Tensor]:
+    """One value -> named tensors sharing one writable copy of its bytes; errors name the key."""
+    view = memoryview(value)
+    if len(view) < _PREFIX.size or bytes(view[:4]) != MAGIC:
+        raise CorruptEntryError(f"cache entry '{key}' is not a detach cache value (bad magic)")
+    _, crc, _, head_size = _PREFIX.unpack_from(view)
+    if check and zlib.crc32(view[8:]) != crc:
+        raise CorruptEntryError(f"cache entry '{key}': checksum mismatch (the stored bytes were altered)")
+    try:
+        fields, total = _layout(bytes(view[8 : _PREFIX.size + head_size]))
+    except (struct.error, KeyError, ValueError, UnicodeDecodeError) as exc:
+        raise CorruptEntryError(f"cache entry '{key}': unreadable header ({exc})") from None
+    if total != len(view):
+        raise CorruptEntryError(f"cache entry '{key}': {len(view)} bytes where the header describes {total}")
+    data = bytearray(view)  # the only copy: writable, so tensors need no further one
+    out: dict[str, torch.Tensor] = {}
+    for name, dtype, shape, offset, count in fields:
+        if count:
+            out[name] = torch.frombuffer(data, dtype=dtype, count=count, offset=offset).view(shape)
+        else:
+            out[name] = torch.empty(shape, dtype=dtype)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Opening, writing, reading
+
+
+def open_env(path: Path, *, readonly: bool, map_size: int = DEFAULT_MAP_SIZE) -> lmdb.Environment:
+    """Open an LMDB store; a directory that is not one becomes a one-line UserError."""
+    try:
+        if readonly:
+            return lmdb.open(str(path), readonly=True, lock=False, readahead=False, subdir=True)
+        path.mkdir(parents=True, exist_ok=True)
+        return lmdb.open(str(path), map_size=map_size, subdir=True, readahead=False, max_dbs=0)
+    except lmdb.Error as exc:
+        raise UserError(
+            f"cache {path} is not an LMDB store ({exc}); remove it (detach cache clear SPEC) or set cache.dir"
+        ) from None
+
+
+class StoreWriter:
+    """The one writer of a store: batched commits; a batch that overflows the map grows it and is retried."""
+
+    def __init__(self, path: Path, map_size: int = DEFAULT_MAP_SIZE) -> None:
+        self.path = path
+        self.env = open_env(path, readonly=False, map_size=map_size)
+        self.grown = 0
+
+    def keys(self) -> set[bytes]:
+        with self.env.begin() as txn:
+            return set(txn.cursor().iternext(keys=True, values=False))
+
+    def put_batch(self, items: list[tuple[bytes, bytes]]) -> None:
+        while True:
+            try:
+                with self.env.begin(write=True) as txn:
+                    for key, value in items:
+                        txn.put(key, value)
+                return
+            except lmdb.MapFullError:  # the transaction was aborted: grow and write the whole batch again
+                self.env.set_mapsize(self.env.info()["map_size"] * 2)
+                self.grown += 1
+
+    def close(self) -> None:
+        self.env.sync(True)
+        self.env.close()
+
+
+class StoreReader:
+    """Read side of a complete store, opened lazily in each process (DataLoader workers included) with
+    readonly, lock=False, readahead=False; one read transaction lives as long as the process reads."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._pid: int | None = None
+        self._env: lmdb.Environment | None = None
+        self._txn: lmdb.Transaction | None = None
+
+    def get(self, key: bytes) -> memoryview | None:
+        if self._pid != os.getpid():  # first use here, or a forked worker: never share an env across processes
+            self._env = open_env(self.path, readonly=True)
+            self._txn = self._env.begin(buffers=True)
+            self._pid = os.getpid()
+        return self._txn.get(key)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "_pid": None, "_env": None, "_txn": None}
+
+
+def iterate_entries(path: Path) -> Iterator[tuple[bytes, bytes]]:
+    env = open_env(path, readonly=True)
+    try:
+        with env.begin() as txn:
+            yield from txn.cursor()
+    finally:
+        env.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# Store directories and their state
+
+
+@dataclass
+class StoreState:
+    """What is on disk for one cache uid: complete, partial, missing, stale or foreign, and why."""
+
+    state: str
+    path: Path
+    message: str
+    marker: dict[str, Any] | None = None
+
+
+def read_marker(path: Path) -> dict[str, Any] | None:
+    try:
+        marker = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) else None
+
+
+def write_marker(path: Path, payload: dict[str, Any]) -> None:
+    atomic_write_json(path, payload)
+
+
+def inspect_store(uid: str, path: Path, partial: Path) -> StoreState:
+    root = path.parent
+    if root.exists() and not root.is_dir():
+        return StoreState("foreign", root, f"cache.dir {root} is not a directory")
+    if path.exists():
+        marker = read_marker(path / COMPLETE)
+        if not path.is_dir() or marker is None:
+            return StoreState(
+                "foreign", path, f"{path} exists but is not a detach cache (no {COMPLETE}); move it or set cache.dir"
+            )
+        if marker.get("uid") != uid:
+            return StoreState(
+                "stale",
+                path,
+                f"{path} holds cache uid {marker.get('uid')}, not {uid}: never read as this one; "
+                "run `detach cache clear SPEC` to rebuild it",
+                marker,
+            )
+        return StoreState("complete", path, f"complete: {marker.get('entries')} entries", marker)
+    if partial.exists():
+        marker = read_marker(partial / BUILDING)
+        if marker is not None and marker.get("uid") != uid:
+            return StoreState("stale", partial, f"{partial} is a partial build of uid {marker.get('uid')}", marker)
+        message = "partial: a build was interrupted; `detach cache build` resumes it"
+        return StoreState("partial", partial, message, marker)
+    return StoreState("missing", path, "not built yet")
+
+
+def remove_store(path: Path) -> bool:
+    """Delete a store directory, refusing anything holding files a store never has."""
+    if not path.exists():
+        return False
+    if not path.is_dir():
+        raise UserError(f"{path} is not a cache directory; not removing it")
+    strangers = sorted(p.name for p in path.iterdir() if p.name not in STORE_FILES and not p.name.startswith("."))
+    if strangers:
+        raise UserError(f"{path} holds files a cache never has ({', '.join(strangers[:3])}); not removing it")
+    shutil.rmtree(path)
+    return True
+
+
+def directory_size(path: Path) -> int:
+    """Bytes actually allocated (LMDB files are sparse up to the map size)."""
+    total = 0
+    for item in path.rglob("*") if path.is_dir() else []:
+        if item.is_file():
+            total += item.stat().st_blocks * 512
+    return total

@@ -1,0 +1,60 @@
+"""Opportunity (UCI release) and Opportunity++ dataset plugins.
+
+Formats follow ../shared/DATA.md; facts marked unconfirmed there are named constants in `formats.py`.
+Tools: `fixture` (a tiny dataset in the real layout with truth.json) and `inspect` (a root's summary).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from detach_framework.data.settings import DataSettings
+from detach_framework.plugins import hookimpl
+from detach_framework.registry import Registry
+
+from .dataset import OpportunityParams, OpportunityPPParams, build_opportunity
+from .fixture import write_opportunity_fixture
+from .inspect import inspect_opportunity
+
+__all__ = [
+    "OpportunityPPParams",
+    "OpportunityParams",
+    "build_opportunity",
+    "inspect_opportunity",
+    "write_opportunity_fixture",
+]
+
+
+def build_uci(params: OpportunityParams, data: DataSettings):
+    return build_opportunity(params, data, layout="uci")
+
+
+def build_pp(params: OpportunityPPParams, data: DataSettings):
+    return build_opportunity(params, data, layout="pp")
+
+
+@hookimpl
+def detach_register_components(registry: Registry) -> None:
+    registry.add(
+        kind="dataset",
+        name="opportunity",
+        factory=build_uci,
+        params=OpportunityParams,
+        description="Opportunity (UCI): 250-column .dat runs, 37 ambient channels, 14 open/close classes "
+        "(no video: sensor-only with blank_video)",
+        tools={
+            "fixture": lambda out, seed=0: write_opportunity_fixture(Path(out), "uci", seed),
+            "inspect": lambda root: inspect_opportunity(root, "uci"),
+        },
+    )
+    registry.add(
+        kind="dataset",
+        name="opportunity_pp",
+        factory=build_pp,
+        params=OpportunityPPParams,
+        description="Opportunity++: Opportunity's sensors + side-camera video (10 fps), SRT labels, pose",
+        tools={
+            "fixture": lambda out, seed=0: write_opportunity_fixture(Path(out), "pp", seed),
+            "inspect": lambda root: inspect_opportunity(root, "pp"),
+        },
+    )
