@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", type=Path, help="default: runs/<name>/<uid>")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty run directory")
+    p = command("ablate", "run a study: variants x seeds of a base spec, then study.csv / study.md / study.png")
+    p.add_argument("study")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time (each gets its share of the CPU threads)")
+    p.add_argument("--out", type=Path, help="default: runs/studies/<study name>")
     p = command("eval", "evaluate a run directory again and rewrite its summary.json")
     p.add_argument("run_dir", type=Path)
     p = command("cache", "build, inspect, verify or clear the LMDB feature cache of a spec")
@@ -66,6 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--preset", default="quickstart")
     synth.add_argument("--out", type=Path, required=True)
     synth.add_argument("--seed", type=int, default=42)
+    synth.add_argument("--format", default="native", help="native, or opportunity_pp (the Opportunity++ layout)")
+    fixture = data_sub.add_parser("fixture", help="write a tiny dataset in a real dataset's format, with truth.json")
+    _common(fixture, suppress=True)
+    fixture.add_argument("dataset")
+    fixture.add_argument("--out", type=Path, required=True)
+    fixture.add_argument("--seed", type=int, default=0)
+    inspect = data_sub.add_parser("inspect", help="summarise a dataset root: runs, NaN, labels, video, clock offset")
+    _common(inspect, suppress=True)
+    inspect.add_argument("root", type=Path)
+    inspect.add_argument("--dataset", required=True)
     return parser
 
 
@@ -134,6 +148,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from detach_framework.data.transforms import save_preprocessing
     from detach_framework.engine.evaluate import evaluate_run, format_summary
     from detach_framework.engine.rundir import RunDirectory
     from detach_framework.engine.trainer import Trainer
@@ -148,13 +163,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     run.write_env([vars(p) for p in host.plugins])
     print(f"run directory: {run.path}", file=sys.stderr)
     trainer = Trainer(spec, host, run)
+    save_preprocessing(trainer.source, run.path)  # train-split statistics, reused by `detach eval`
     trainer.fit(resume=args.resume)
     summary = evaluate_run(trainer, run)
     print(format_summary(summary))
     return 0
 
 
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from detach_framework.engine.study import load_study, run_study
+
+    if args.jobs < 1:
+        raise UserError(f"--jobs {args.jobs}: expected a positive number of parallel runs")
+    out = args.out or Path("runs") / "studies" / load_study(args.study).name
+    result = run_study(args.study, _host(args).registry, out, jobs=args.jobs, plugins=args.plugin or [])
+    print((out / "study.md").read_text(), end="")
+    print(f"wrote {out / 'study.csv'}, {out / 'study.md'}, {out / 'study.png'} ({len(result['rows'])} runs)")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    from detach_framework.data.transforms import load_preprocessing
     from detach_framework.engine.evaluate import evaluate_run, format_summary
     from detach_framework.engine.rundir import RunDirectory
     from detach_framework.engine.trainer import Trainer
@@ -163,7 +192,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     host = _host(args)
     run = RunDirectory.open_existing(args.run_dir)
     spec = load_spec(run.spec_file, host.registry)
-    summary = evaluate_run(Trainer(spec, host, run), run)
+    trainer = Trainer(spec, host, run)
+    load_preprocessing(trainer.source, run.path)
+    summary = evaluate_run(trainer, run)
     print(format_summary(summary))
     return 0
 
@@ -180,6 +211,16 @@ def cmd_data(args: argparse.Namespace) -> int:
     from detach_framework.data.settings import DataSettings
 
     host = _host(args)
+    if args.data_command == "fixture":
+        print(f"wrote a {args.dataset} fixture to {_tool(host, args.dataset, 'fixture')(args.out, seed=args.seed)}")
+        return 0
+    if args.data_command == "inspect":
+        print(_tool(host, args.dataset, "inspect")(args.root))
+        return 0
+    if args.format != "native":
+        _tool(host, "synthetic_kitchen", f"export_{args.format}")(args.out, preset=args.preset, seed=args.seed)
+        print(f"wrote the synthetic kitchen ({args.preset}, seed {args.seed}) as {args.format} to {args.out}")
+        return 0
     component = host.registry.get("dataset", "synthetic_kitchen")
     try:
         params = component.params.model_validate({"preset": args.preset})
@@ -194,6 +235,14 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tool(host, dataset: str, name: str):
+    """A dataset's named tool (registered with the component: the core never imports plugins)."""
+    tools = host.registry.get("dataset", dataset).tools
+    if name not in tools:
+        raise UserError(f"dataset '{dataset}' offers no '{name}' tool (it has: {', '.join(sorted(tools)) or 'none'})")
+    return tools[name]
+
+
 def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
     for row in (header, *rows):
@@ -206,6 +255,7 @@ COMMANDS = {
     "validate": cmd_validate,
     "schema": cmd_schema,
     "train": cmd_train,
+    "ablate": cmd_ablate,
     "eval": cmd_eval,
     "cache": cmd_cache,
     "data": cmd_data,

@@ -1,0 +1,214 @@
+"""Ablation studies: a base spec, named variants (override sets) and seeds -> runs, study.csv, study.md, a plot.
+
+Each run lives in `<study dir>/runs/<uid>/`; a run whose summary.json exists is complete and skipped, an
+interrupted one is resumed. Runs go one after another in this process, or `jobs` at a time as
+`python -m detach_framework train` subprocesses (each with its share of the CPU threads).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from detach_framework.atomic import atomic_write_text
+from detach_framework.engine.rundir import SUMMARY_FILE
+from detach_framework.errors import UserError
+from detach_framework.registry import Registry
+from detach_framework.spec import Experiment, dump_spec, load_spec, read_yaml
+
+
+class StudySpec(BaseModel):
+    """A study file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="Study name (its directory).")
+    base: str = Field(description="Base spec, relative to the study file.")
+    seeds: list[int] = Field(default_factory=lambda: [42], min_length=1, description="Seeds of every variant.")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="Overrides applied to every variant.")
+    variants: dict[str, dict[str, Any]] = Field(min_length=1, description="Variant name -> its overrides.")
+    metrics: list[str] = Field(
+        default_factory=lambda: ["weighted_f1", "macro_map"], min_length=1, description="Columns of the table."
+    )
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    variant: str
+    seed: int
+    spec: Experiment
+    run_dir: Path
+
+    @property
+    def complete(self) -> bool:
+        return (self.run_dir / SUMMARY_FILE).is_file()
+
+
+def as_overrides(values: dict[str, Any]) -> list[str]:
+    """{"a.b": 1} -> ["a.b=1"]; JSON is valid YAML, so every value round-trips through the override parser."""
+    return [f"{key}={json.dumps(value)}" for key, value in values.items()]
+
+
+def load_study(path: str | Path) -> StudySpec:
+    path = Path(path)
+    data = read_yaml(path)
+    try:
+        return StudySpec.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(x) for x in first["loc"]) or "<top>"
+        raise UserError(f"{path}: {where}: {first['msg']}") from None
+
+
+def plan(study_file: str | Path, registry: Registry, out_dir: Path) -> tuple[StudySpec, list[PlannedRun]]:
+    """Validate every variant x seed up front, so a typo fails before hours of training."""
+    study_file = Path(study_file)
+    study = load_study(study_file)
+    base = (study_file.parent / study.base).resolve()
+    runs = []
+    for variant, values in study.variants.items():
+        for seed in study.seeds:
+            overrides = [*as_overrides(study.overrides), *as_overrides(values), f"seed={seed}"]
+            try:
+                spec = load_spec(base, registry, overrides)
+            except UserError as exc:
+                raise UserError(f"{study_file}: variant '{variant}' (seed {seed}): {exc}") from None
+            runs.append(PlannedRun(variant, seed, spec, out_dir / "runs" / spec.uid))
+    return study, runs
+
+
+def run_study(
+    study_file: str | Path,
+    registry: Registry,
+    out_dir: Path,
+    *,
+    jobs: int = 1,
+    plugins: list[str] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    study, runs = plan(study_file, registry, out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pending = [r for r in runs if not r.complete]
+    log(f"study {study.name}: {len(runs)} runs, {len(runs) - len(pending)} already complete, {len(pending)} to run")
+    threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
+    active: list[tuple[PlannedRun, subprocess.Popen]] = []
+    failures: list[str] = []
+    for index, run in enumerate(pending):
+        while len(active) >= jobs:
+            failures += _reap(active, log)
+        spec_file = out_dir / "specs" / f"{run.spec.uid}.yaml"
+        atomic_write_text(spec_file, dump_spec(run.spec))
+        command = [sys.executable, "-m", "detach_framework"]
+        for module in plugins or []:
+            command += ["--plugin", module]
+        command += ["train", str(spec_file), "--run-dir", str(run.run_dir)]
+        if (run.run_dir / "checkpoints" / "last.pt").is_file():
+            command.append("--resume")
+        elif run.run_dir.is_dir() and any(run.run_dir.iterdir()):
+            command.append("--overwrite")  # started but never checkpointed: nothing to keep
+        log(f"[{index + 1}/{len(pending)}] {run.variant} seed {run.seed} -> {run.run_dir}")
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        log_file = open(out_dir / "specs" / f"{run.spec.uid}.log", "w")  # noqa: SIM115 - closed in _reap
+        active.append((run, subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT)))
+    while active:
+        failures += _reap(active, log)
+    result = collect(study, runs, out_dir)
+    if failures:
+        raise UserError(f"study {study.name}: {len(failures)} run(s) failed: {'; '.join(failures)} (see specs/*.log)")
+    return result
+
+
+def _reap(active: list[tuple[PlannedRun, subprocess.Popen]], log: Callable[[str], None]) -> list[str]:
+    """Wait for the first running job to end; return a failure line if it failed."""
+    run, process = active.pop(0)
+    code = process.wait()
+    if process.stdout is not None:
+        process.stdout.close()
+    if code != 0:
+        log(f"  failed: {run.variant} seed {run.seed} (exit {code})")
+        return [f"{run.variant}/seed {run.seed} exit {code}"]
+    return []
+
+
+def collect(study: StudySpec, runs: list[PlannedRun], out_dir: Path) -> dict[str, Any]:
+    """Write study.csv (one row per run), study.md (mean +/- std per variant) and study.png."""
+    rows = []
+    for run in runs:
+        if not run.complete:
+            continue
+        summary = json.loads((run.run_dir / SUMMARY_FILE).read_text())
+        rows.append(
+            {
+                "variant": run.variant,
+                "seed": run.seed,
+                "uid": run.spec.uid,
+                **{m: summary["metrics"].get(m, math.nan) for m in study.metrics},
+            }
+        )
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["variant", "seed", "uid", *study.metrics])
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out_dir / "study.csv", buffer.getvalue())
+    table = aggregate(rows, list(study.variants), study.metrics)
+    atomic_write_text(out_dir / "study.md", markdown_table(study.name, table, study.metrics))
+    plot_study(table, study.metrics, out_dir / "study.png")
+    return {"rows": rows, "table": table}
+
+
+def aggregate(rows: list[dict[str, Any]], variants: list[str], metrics: list[str]) -> list[dict[str, Any]]:
+    """Per variant: n, and mean / sample std of each metric over its seeds."""
+    table = []
+    for variant in variants:
+        mine = [r for r in rows if r["variant"] == variant]
+        entry: dict[str, Any] = {"variant": variant, "n": len(mine)}
+        for metric in metrics:
+            values = [float(r[metric]) for r in mine if not math.isnan(float(r[metric]))]
+            mean = sum(values) / len(values) if values else math.nan
+            std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+            entry[metric] = (mean, std)
+        table.append(entry)
+    return table
+
+
+def markdown_table(name: str, table: list[dict[str, Any]], metrics: list[str]) -> str:
+    lines = [f"### {name}", "", "| variant | n | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
+    for entry in table:
+        cells = [f"{entry[m][0]:.3f} ± {entry[m][1]:.3f}" if not math.isnan(entry[m][0]) else "-" for m in metrics]
+        lines.append(f"| {entry['variant']} | {entry['n']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_study(table: list[dict[str, Any]], metrics: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from detach_framework.evaluation.plots import save_figure_atomic
+
+    x = np.arange(len(table))
+    width = 0.8 / len(metrics)
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(table) + 2), 3.5))
+    for i, metric in enumerate(metrics):
+        means = [e[metric][0] for e in table]
+        stds = [e[metric][1] for e in table]
+        ax.bar(x + i * width - 0.4 + width / 2, means, width, yerr=stds, capsize=3, label=metric)
+    ax.set_xticks(x, [e["variant"] for e in table], rotation=20, ha="right")
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    save_figure_atomic(fig, path)
+    plt.close(fig)
