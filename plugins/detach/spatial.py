@@ -11,6 +11,7 @@ from pydantic import Field
 from sklearn.metrics import normalized_mutual_info_score
 from torch import nn
 
+from detach_framework.engine.distributed import broadcast_, gather, gather_with_grad
 from detach_framework.errors import UserError
 from detach_framework.registry import ComponentParams
 
@@ -103,6 +104,8 @@ class SpatialAligner(nn.Module):
                 self.fixtures[batch["index"]] = batch["fixture"]
         model.train(was_training)
         model.clusterer.initialize(features, seed=context.seed)
+        for state in (model.clusterer.bank, model.clusterer.labels, model.clusterer.centroids, self.fixtures):
+            broadcast_(state)  # every rank starts from rank 0's k-means, whatever float noise they saw
 
     def on_epoch_start(self, epoch: int) -> None:
         self.epoch = epoch
@@ -141,14 +144,15 @@ class SpatialAligner(nn.Module):
         if self.training and self.epoch >= 2:  # time-warped clustering input from the second epoch on
             sensor = clusterer.time_warp(sensor, self._generator)
         z_s = model.sensor_encoder(sensor)
-        logits_s = clusterer.logits(z_s)
+        # Across processes, every rank computes the losses on the global batch (exact DDP gradients).
+        logits_s = gather_with_grad(clusterer.logits(z_s))
         if self.training:
-            indices = batch["index"]
+            indices = gather(batch["index"])
             labels = clusterer.labels[indices]  # read before this step's bank update
             confident = self.confident[indices]
-            self._pending.append((indices, z_s.detach()))
+            self._pending.append((indices, gather(z_s.detach())))
         else:  # validation samples are not in the bank: label them by the current centroids
-            labels = clusterer.assign(z_s.detach())
+            labels = gather(clusterer.assign(z_s.detach()))
             confident = torch.ones_like(labels, dtype=torch.bool)
         weights = clusterer.class_weights().to(z_s.device)
         phase = self.phase
@@ -157,7 +161,7 @@ class SpatialAligner(nn.Module):
         out = {"l_cluster": l_cluster}
         total = p.alpha * l_cluster
         if phase != "warmup":
-            logits_v = self.video_classifier(model.encode_video(batch))
+            logits_v = gather_with_grad(self.video_classifier(model.encode_video(batch)))
             out["l_videospatial"] = masked_ce(logits_v, labels, confident)
             total = total + out["l_videospatial"]
             if phase == "refine":

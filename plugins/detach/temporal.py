@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from detach_framework.engine.distributed import gather, gather_with_grad
 from detach_framework.errors import UserError
 from detach_framework.registry import ComponentParams
 
@@ -120,13 +121,12 @@ class TemporalAligner(nn.Module):
 
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         with torch.no_grad():  # the spatial branch is frozen in this stage
-            z_v = model.encode_video(batch)
-            z_s = model.encode_sensor(batch)
             video_input = model.video_temporal_input(batch)
-            hm_v = self.momentum_video(video_input)
-            hm_s = self.momentum_sensor(batch["sensor"])
-        h_v = model.video_temporal_head(video_input)
-        h_s = model.sensor_temporal_encoder(batch["sensor"])
+            z_v, z_s = gather(model.encode_video(batch)), gather(model.encode_sensor(batch))
+            hm_v, hm_s = gather(self.momentum_video(video_input)), gather(self.momentum_sensor(batch["sensor"]))
+        # W and the loss are built on the global batch when several processes train together.
+        h_v = gather_with_grad(model.video_temporal_head(video_input))
+        h_s = gather_with_grad(model.sensor_temporal_encoder(batch["sensor"]))
         p = self.params
         weights = negative_weights(
             z_v,
@@ -142,7 +142,7 @@ class TemporalAligner(nn.Module):
         u_s = torch.cat([F.normalize(z_s, dim=-1), F.normalize(h_s, dim=-1)], dim=-1)
         loss = self.loss(u_v, u_s, weights)
         if self.training and "fixture" in batch:
-            for kind, mask in negative_types(batch["label"], batch["fixture"]).items():
+            for kind, mask in negative_types(gather(batch["label"]), gather(batch["fixture"])).items():
                 if mask.any():
                     self._sums[kind] += float(weights[mask].sum())
                     self._counts[kind] += int(mask.sum())

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import nn
 
+from detach_framework.engine.distributed import gather_with_grad
 from detach_framework.errors import UserError
 from detach_framework.plugins import hookimpl
 from detach_framework.registry import ComponentParams
@@ -150,8 +151,9 @@ class GlobalContrastiveAligner(nn.Module):
         return [model.video_backbone, model.video_head, model.sensor_encoder]
 
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        video = model.encode_video(batch)
-        sensor = model.encode_sensor(batch)
+        # Negatives come from the global batch when several processes train together.
+        video = gather_with_grad(model.encode_video(batch))
+        sensor = gather_with_grad(model.encode_sensor(batch))
         out = {"loss": self.loss(video, sensor)}
         if hasattr(self.loss, "logit_scale"):
             out["temperature"] = 1.0 / self.loss.logit_scale().detach()
