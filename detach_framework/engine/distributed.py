@@ -117,3 +117,36 @@ def all_reduce_mean(value: float) -> float:
 def barrier() -> None:
     if is_enabled():
         dist.barrier()
+
+
+class AlignerStep(torch.nn.Module):
+    """The model and a stage's aligner as one module, so DDP sees every trained parameter and its
+    forward: `AlignerStep(model, aligner)(batch) == aligner(model, batch)`."""
+
+    def __init__(self, model: torch.nn.Module, aligner: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.aligner = aligner
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.aligner(self.model, batch)
+
+
+def wrap_step(model: torch.nn.Module, aligner: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """AlignerStep, wrapped in DistributedDataParallel when several processes train.
+
+    Buffers are not broadcast each step: the clusterer's bank is kept identical on every rank by gathered
+    updates, and batch-norm running statistics stay per rank (use SyncBatchNorm for synchronised ones);
+    rank 0's are the ones checkpointed.
+    """
+    step = AlignerStep(model, aligner)
+    if not is_enabled():
+        return step
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(
+        step,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=True,  # stage phases leave branches unused (e.g. DETACH's warm-up)
+        broadcast_buffers=False,
+    )
