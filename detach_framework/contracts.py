@@ -8,6 +8,7 @@ Sample dicts (one item of a dataset split) hold:
   subject  int64   []             subject id, for subject-wise splits
   fixture  int64   []             ground-truth fixture index or -1 (analysis only, never for training)
   index    int64   []             position of the sample in its split (memory banks key on it)
+Optional keys: recording int64 [] - the recording the window comes from (recording-level evaluation).
 """
 
 from __future__ import annotations
@@ -29,7 +30,11 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 @runtime_checkable
 class DatasetSource(Protocol):
-    """dataset factory(params, data: DataSettings) -> DatasetSource."""
+    """dataset factory(params, data: DataSettings) -> DatasetSource.
+
+    Optional: preprocessing_state() -> JSON-able dict (`detach train` writes it to the run directory as
+    preprocessing.json) and load_preprocessing_state(state, source) (`detach eval` restores it).
+    """
 
     class_names: list[str]
     channel_names: list[str]
@@ -119,6 +124,7 @@ class EmbeddingSet:
     probe:  [N, P] sensor features for the linear probe (concat of L2-normalised sensor embeddings)
     video:  [N, E] joint-space video embeddings (L2-normalised), for retrieval
     sensor: [N, E] joint-space sensor embeddings (L2-normalised), row i pairs with video row i
+    recordings: [N] recording of each row, when the dataset's samples carry "recording"
     """
 
     probe: np.ndarray
@@ -127,6 +133,7 @@ class EmbeddingSet:
     labels: np.ndarray
     subjects: np.ndarray
     fixtures: np.ndarray
+    recordings: np.ndarray | None = None
 
 
 @dataclass

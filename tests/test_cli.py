@@ -30,13 +30,13 @@ def assert_one_line_error(code, err, *fragments):
 
 def test_validate_ok(capsys):
     code, out, _ = run(capsys, "validate", QUICKSTART)
-    assert code == 0 and "uid synthetic_kitchen-small_cnn-imu2clip_sensor-global_contrastive-" in out
+    assert code == 0 and "uid synthetic_kitchen-small_cnn-detach_sensor_spatial-detach_spatial-detach_temporal-" in out
 
 
 def test_validate_unknown_component_names_path_choices_and_closest(capsys):
     code, _, err = run(capsys, "validate", QUICKSTART, "model.sensor_encoder.name=nope")
     assert_one_line_error(
-        code, err, "model.sensor_encoder.name", "unknown sensor_encoder 'nope'", "installed: imu2clip_sensor"
+        code, err, "model.sensor_encoder.name", "unknown sensor_encoder 'nope'", "installed: ", "imu2clip_sensor"
     )
     code, _, err = run(capsys, "validate", QUICKSTART, "model.sensor_encoder.name=imu2clip_sensr")
     assert_one_line_error(code, err, "did you mean 'imu2clip_sensor'?")

@@ -206,7 +206,7 @@ def registry() -> Registry:
 
 
 def test_evaluator_plugins_register_with_documented_params(registry: Registry) -> None:
-    assert registry.names("evaluator") == ["linear_probe", "retrieval"]
+    assert {"linear_probe", "retrieval"} <= set(registry.names("evaluator"))
     probe_params = registry.get("evaluator", "linear_probe").params
     assert probe_params().model_dump() == {
         "epochs": 30,

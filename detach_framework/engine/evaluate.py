@@ -25,8 +25,9 @@ def embed_split(trainer: Trainer, split: str) -> EmbeddingSet:
         out = trainer.model.embed(to_device(batch, trainer.device))
         for key in ("probe", "video", "sensor"):
             parts.setdefault(key, []).append(out[key].float().cpu().numpy())
-        for key in ("label", "subject", "fixture"):
-            parts.setdefault(key, []).append(batch[key].numpy())
+        for key in ("label", "subject", "fixture", "recording"):
+            if key in batch:  # "recording" is optional
+                parts.setdefault(key, []).append(batch[key].numpy())
     cat = {key: np.concatenate(value) for key, value in parts.items()}
     return EmbeddingSet(
         probe=cat["probe"],
@@ -35,6 +36,7 @@ def embed_split(trainer: Trainer, split: str) -> EmbeddingSet:
         labels=cat["label"],
         subjects=cat["subject"],
         fixtures=cat["fixture"],
+        recordings=cat.get("recording"),
     )
 
 

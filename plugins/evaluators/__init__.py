@@ -21,6 +21,8 @@ from detach_framework.evaluation import (
 from detach_framework.plugins import hookimpl
 from detach_framework.registry import ComponentParams, Registry
 
+from . import recording_probe
+
 CONFUSION_PNG = "confusion_matrix.png"
 
 
@@ -107,3 +109,4 @@ def detach_register_components(registry: Registry) -> None:
         params=RetrievalParams,
         description="Cross-modal retrieval recall@k (video->sensor and sensor->video) on the test split.",
     )
+    recording_probe.register(registry)

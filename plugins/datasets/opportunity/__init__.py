@@ -1,7 +1,8 @@
 """Opportunity (UCI release) and Opportunity++ dataset plugins.
 
 Formats follow ../shared/DATA.md; facts marked unconfirmed there are named constants in `formats.py`.
-Tools: `fixture` (a tiny dataset in the real layout with truth.json) and `inspect` (a root's summary).
+Tools: `fixture` (a tiny dataset in the real layout with truth.json), `fixture_params` (params reading it
+with all three splits non-empty) and `inspect` (a root's summary).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def detach_register_components(registry: Registry) -> None:
         "(no video: sensor-only with blank_video)",
         tools={
             "fixture": lambda out, seed=0: write_opportunity_fixture(Path(out), "uci", seed),
+            "fixture_params": lambda root: {"root": str(root), "blank_video": True, "val_runs": ["S1-Drill"]},
             "inspect": lambda root: inspect_opportunity(root, "uci"),
         },
     )
@@ -55,6 +57,7 @@ def detach_register_components(registry: Registry) -> None:
         description="Opportunity++: Opportunity's sensors + side-camera video (10 fps), SRT labels, pose",
         tools={
             "fixture": lambda out, seed=0: write_opportunity_fixture(Path(out), "pp", seed),
+            "fixture_params": lambda root: {"root": str(root), "val_runs": ["S1-Drill"]},
             "inspect": lambda root: inspect_opportunity(root, "pp"),
         },
     )

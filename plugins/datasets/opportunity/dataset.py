@@ -26,6 +26,7 @@ from .formats import (
     MILLISEC_COLUMN,
     NUM_COLUMNS,
     OPEN_CLOSE_IDS,
+    PP_POSE_FILE,
     PP_RUN_DIR,
     PP_SENSOR_FILE,
     PP_SRT_FILE,
@@ -144,19 +145,14 @@ def discover_runs(root: Path, layout: str) -> list[RunFiles]:
             if not sensors.is_file():
                 raise UserError(f"opportunity_pp: run {folder.name}: {sensors} not found")
             run = RunFiles(canonical_run(*parsed), *parsed, sensors)
-            run.video = next(
-                (
-                    folder / f.format(run=folder.name)
-                    for f in PP_VIDEO_FILES
-                    if (folder / f.format(run=folder.name)).is_file()
-                ),
-                None,
-            )
-            prefix = PP_SRT_FILE.format(run=folder.name, track="")
-            for srt in sorted(folder.glob("*.srt")):
-                if srt.name.lower().startswith(prefix.lower()):
-                    run.srt[srt.name[len(prefix) :].rsplit(".", 1)[0].lower()] = srt
-            pose = folder / f"{folder.name}_pose.csv"
+            videos = [folder / f.format(run=folder.name) for f in PP_VIDEO_FILES]
+            run.video = next((v for v in videos if v.is_file()), None)
+            prefix, suffix = (part.format(run=folder.name).lower() for part in PP_SRT_FILE.split("{track}"))
+            for srt in sorted(folder.iterdir()):
+                lowered = srt.name.lower()
+                if lowered.startswith(prefix) and lowered.endswith(suffix) and len(lowered) > len(prefix + suffix):
+                    run.srt[lowered[len(prefix) : len(lowered) - len(suffix)]] = srt
+            pose = folder / PP_POSE_FILE.format(run=folder.name)
             run.pose = pose if pose.is_file() else None
             runs[run.name] = run
     if not runs:
@@ -166,7 +162,7 @@ def discover_runs(root: Path, layout: str) -> list[RunFiles]:
             else PP_RUN_DIR.format(run="S1-ADL1") + "/" + PP_SENSOR_FILE.format(run="S1-ADL1")
         )
         raise UserError(f"opportunity: no runs found under {root} (expected e.g. {where})")
-    return sorted(runs.values(), key=lambda r: (r.subject, r.session != "Drill", r.session))
+    return sorted(runs.values(), key=lambda r: (r.subject, r.session == "Drill", r.session))
 
 
 @dataclass
@@ -302,6 +298,7 @@ def build_opportunity(params: OpportunityParams, data: DataSettings, layout: str
     recordings: list[Recording] = []
     index: dict[str, int] = {}
     notes: list[str] = []
+    srt_skips: dict[str, int] = {}
     for files in runs:
         if files.name not in wanted:
             continue
@@ -313,14 +310,15 @@ def build_opportunity(params: OpportunityParams, data: DataSettings, layout: str
         skipped_srt = sum(sum(t.skipped.values()) for t in run.srt.values())
         if skipped_srt:
             skips["srt_unknown_ids"] += skipped_srt
-            notes.append(f"{files.name}: {skipped_srt} SRT blocks with ids missing from the legend skipped")
+            srt_skips[files.name] = skipped_srt
         offset_ms = getattr(params, "video_offset_ms", 0.0)
         if layout == "pp" and getattr(params, "estimate_offset", False):
             estimate, matches = run_offset_estimate(run, params.track)
             if estimate is not None:
                 offset_ms = estimate
             else:
-                notes.append(f"{files.name}: no label onsets matched the SRT; offset {offset_ms:g} ms kept")
+                why = "no label onsets matched its SRT" if params.track.lower() in run.srt else "no SRT for the track"
+                notes.append(f"{files.name}: {why}; video_offset_ms {offset_ms:g} kept")
         video = None if params.blank_video else files.video
         if layout == "pp" and video is None and not params.blank_video and params.missing_video == "error":
             raise UserError(f"opportunity_pp: run {files.name} has no side video in {files.sensors.parent}")
@@ -363,6 +361,9 @@ def build_opportunity(params: OpportunityParams, data: DataSettings, layout: str
         ),
         skips=skips,
     )
+    if srt_skips:  # one line for all runs: the real files may hold many such blocks
+        per_run = ", ".join(f"{run} {count}" for run, count in srt_skips.items())
+        notes.append(f"SRT blocks with ids missing from {meta.legend.path} skipped: {per_run}")
     for note in notes:
         source.skip(None, 0, note)
     report_all_nan(source)

@@ -68,7 +68,7 @@ def plant_run(rng: np.random.Generator, run_index: int, seconds: float) -> tuple
     data = np.zeros((n, NUM_COLUMNS))
     data[:, MILLISEC_COLUMN - 1] = np.round(np.arange(n) * 1000.0 / SENSOR_RATE_HZ)  # 33/34 ms steps
     data[:, 1:194] = rng.integers(-900, 900, (n, 193))  # body-worn and object sensors: plausible integers
-    for sensor, first in ACCEL_FIRST_COLUMN.items():
+    for first in ACCEL_FIRST_COLUMN.values():
         data[:, first - 1 : first + 2] = np.round(np.array([0.0, -1000.0, 30.0]) + rng.normal(0, 8, (n, 3)))
     data[:, 231:243] = rng.integers(0, 4000, (n, 12))  # location tags
     data[:, TRACK_COLUMNS["Locomotion"] - 1] = np.where(np.arange(n) % 200 < 150, 1, 2)
@@ -149,7 +149,9 @@ def write_opportunity_fixture(out_dir: str | Path, layout: str = "pp", seed: int
         if layout == "uci":
             (root / "dataset" / f"{run}.dat").write_text(format_sensor_rows(data))
         else:
-            entry.update(_write_pp_run(root, run, k, data, events, rng))
+            entry.update(
+                _write_pp_run(root, run, k, data, events, np.random.default_rng([seed, 1000 + k]))
+            )  # own stream: both layouts hold the same sensor data
         truth["runs"][run] = entry
     (root / TRUTH_FILE).write_text(json.dumps(truth, indent=1))
     return root

@@ -151,7 +151,8 @@ PP_SRT_FILE = "{run}_side.{track}.srt"  # track lower-cased, e.g. S1-ADL1_side.m
 PP_VIDEO_FPS = 10.0  # nominal side-camera rate (the reader uses the container's own)
 POSE_PARTICIPANT = 1  # OpenPose rows kept
 POSE_FRAME_MS = 100.0  # pose frame time = Frame_Number x this (UNCONFIRMED)
-# Offset estimate from label onsets: search window and match tolerance (sensor vs video clock).
+# Offset estimate from label onsets (SRT times are taken to be on the video clock, ms from its first frame:
+# UNCONFIRMED): search window and match tolerance.
 OFFSET_SEARCH_MS = 60_000.0
 OFFSET_MATCH_TOLERANCE_MS = 400.0
 
@@ -452,18 +453,14 @@ def estimate_offset_ms(
 
 def format_sensor_rows(data: np.ndarray) -> str:
     """Rows as the real files hold them: single spaces, integers where integral, literal NaN."""
-    lines = []
-    for row in data:
-        cells = []
-        for v in row:
-            if np.isnan(v):
-                cells.append("NaN")
-            elif float(v).is_integer():
-                cells.append(str(int(v)))
-            else:
-                cells.append(f"{v:.6g}")
-        lines.append(" ".join(cells))
-    return "\n".join(lines) + "\n"
+    finite = np.isfinite(data)
+    integral = finite & (data == np.round(data))
+    other = finite & ~integral
+    cells = np.empty(data.shape, dtype=object)
+    cells[~finite] = "NaN"
+    cells[integral] = [str(v) for v in data[integral].astype(np.int64).tolist()]
+    cells[other] = [f"{v:.6g}" for v in data[other].tolist()]
+    return "\n".join(" ".join(row) for row in cells.tolist()) + "\n"
 
 
 def column_names_text() -> str:
@@ -472,9 +469,8 @@ def column_names_text() -> str:
     for c in range(2, 195):
         lines.append(f"Column: {c} Body or object sensor {c}; value = round(original_value), unit = unknown")
     for c, (sensor, switch) in REED_COLUMNS.items():
-        lines.append(
-            f"Column: {c} REED SWITCH {sensor}{' ' + switch if switch else ''}; value = round(original_value), unit = logical (0/1)"
-        )
+        name = f"REED SWITCH {sensor}{' ' + switch if switch else ''}"
+        lines.append(f"Column: {c} {name}; value = round(original_value), unit = logical (0/1)")
     for sensor, first in ACCEL_FIRST_COLUMN.items():
         for k in range(3):
             lines.append(

@@ -60,9 +60,8 @@ def inspect_opportunity(root: str | Path, layout: str = "pp", **params: Any) -> 
         pose = "-"
         if files.pose is not None:
             pose = f"{len(read_pose(files.pose).times_ms)} frames"
-        lines.append(
-            f"  {files.name:<9} {run.stream.shape[1]:>6} {seconds:>8.1f}  {video:<28} {offset:>15}  {skipped:>11}  {pose}"
-        )
+        cells = f"{run.stream.shape[1]:>6} {seconds:>8.1f}  {video:<28} {offset:>15}  {skipped:>11}"
+        lines.append(f"  {files.name:<9} {cells}  {pose}")
     lines.append("NaN fraction per channel (all runs):")
     fractions = nan_sum / max(rows_total, 1)
     for c, f in zip(p.channels, fractions, strict=True):
@@ -73,9 +72,8 @@ def inspect_opportunity(root: str | Path, layout: str = "pp", **params: Any) -> 
 
 def _split_counts(p: OpportunityParams, layout: str) -> list[str]:
     data = DataSettings()
-    lines = [
-        f"label counts per split (split '{p.split}', {data.window_seconds:g} s windows, stride {data.stride_seconds:g} s):"
-    ]
+    window = f"{data.window_seconds:g} s windows, stride {data.stride_seconds:g} s"
+    lines = [f"label counts per split (split '{p.split}', {window}):"]
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", DataSkipWarning)

@@ -15,6 +15,7 @@ from detach_framework.plugins import hookimpl
 from detach_framework.registry import Registry
 
 from .dataset import KitchenSplit, SyntheticKitchen, resample_linear, resolve_nan
+from .opportunity_pp import export_opportunity_pp
 from .presets import PRESETS, Knobs, SyntheticKitchenParams
 from .scene import Recording, generate_recordings
 from .storage import load_recordings
@@ -64,4 +65,5 @@ def detach_register_components(registry: Registry) -> None:
         params=SyntheticKitchenParams,
         description="Synthetic kitchen: fixed camera + 34 ambient channels on 7 fixtures, 15 open/close "
         "classes (no download; presets tiny/quickstart/benchmark)",
+        tools={"export_opportunity_pp": export_opportunity_pp},
     )

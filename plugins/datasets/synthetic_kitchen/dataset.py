@@ -107,6 +107,17 @@ class SyntheticKitchen:
             raise UserError(f"unknown split '{name}'; expected one of: {', '.join(SPLITS)}")
         return self._splits[name]
 
+    def preprocessing_state(self) -> dict:
+        """The training-split z-score statistics, for the run directory (the CLI writes them)."""
+        return {
+            "dataset": "synthetic_kitchen",
+            "steps": [{"name": "nan_policy"}, {"name": "resample"}, {"name": "zscore"}],
+            "fit_split": "train",
+            "fit_windows": len(self._splits["train"]),
+            "channels": list(self.channel_names),
+            "zscore": {"mean": self.sensor_mean.tolist(), "std": self.sensor_std.tolist()},
+        }
+
     def export(self, out_dir: Path) -> None:
         """Write the generated ground truth (readable back with params `root`)."""
         export_recordings(Path(out_dir), self.preset, self.seed, self.knobs, self.recordings)
