@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import traceback
 from pathlib import Path
@@ -52,12 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", type=Path, help="default: runs/<name>/<uid>")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty run directory")
+    p.add_argument("--nproc", type=int, default=1, help="processes on this node: relaunches under torchrun")
     p = command("ablate", "run a study: variants x seeds of a base spec, then study.csv / study.md / study.png")
     p.add_argument("study")
     p.add_argument("--jobs", type=int, default=1, help="runs at a time (each gets its share of the CPU threads)")
     p.add_argument("--out", type=Path, help="default: runs/studies/<study name>")
     p = command("eval", "evaluate a run directory again and rewrite its summary.json")
     p.add_argument("run_dir", type=Path)
+    p = command("report", "write report.html (figures, tables) for a run directory or a study directory")
+    p.add_argument("path", type=Path)
     p = command("cache", "build, inspect, verify or clear the LMDB feature cache of a spec")
     p.add_argument("action", choices=("build", "info", "verify", "clear"))
     p.add_argument("spec")
@@ -86,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     # Overrides may follow options (`train SPEC --resume k=v`): argparse leaves those as extras.
     overrides = [item for item in extra if "=" in item and not item.startswith("-")]
     if len(overrides) != len(extra) or (overrides and not hasattr(args, "overrides")):
@@ -148,26 +154,74 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
     from detach_framework.data.transforms import save_preprocessing
+    from detach_framework.engine import distributed
     from detach_framework.engine.evaluate import evaluate_run, format_summary
     from detach_framework.engine.rundir import RunDirectory
-    from detach_framework.engine.trainer import Trainer
+    from detach_framework.engine.trainer import Trainer, resolve_device
     from detach_framework.spec import dump_spec, load_spec
 
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return _torchrun(args)
     host = _host(args)
     spec = load_spec(args.spec, host.registry, args.overrides)
     path = args.run_dir or Path("runs") / spec.name / spec.uid
-    run = RunDirectory.prepare(path, resume=args.resume, overwrite=args.overwrite)
-    if not args.resume:
-        run.write_spec(dump_spec(spec))
-    run.write_env([vars(p) for p in host.plugins])
-    print(f"run directory: {run.path}", file=sys.stderr)
-    trainer = Trainer(spec, host, run)
-    save_preprocessing(trainer.source, run.path)  # train-split statistics, reused by `detach eval`
-    trainer.fit(resume=args.resume)
-    summary = evaluate_run(trainer, run)
-    print(format_summary(summary))
+    rank = distributed.init_from_environment(resolve_device(spec.runtime.device).type)
+    try:
+        # Rank 0 alone prepares the run directory; the others learn whether it succeeded.
+        failure = ""
+        if rank.is_main:
+            try:
+                run = RunDirectory.prepare(path, resume=args.resume, overwrite=args.overwrite)
+            except UserError as exc:
+                failure = str(exc)
+        ok = distributed.broadcast_(torch.tensor([0 if failure else 1], device=resolve_device(spec.runtime.device)))
+        if failure:
+            raise UserError(failure)
+        if not int(ok.item()):
+            raise UserError(f"rank 0 could not prepare the run directory {path}")
+        if rank.is_main:
+            if not args.resume:
+                run.write_spec(dump_spec(spec))
+            run.write_env([vars(p) for p in host.plugins])
+            print(f"run directory: {run.path}", file=sys.stderr)
+        else:
+            run = RunDirectory(Path(path))
+        trainer = Trainer(spec, host, run)
+        if rank.is_main:
+            save_preprocessing(trainer.source, run.path)  # train-split statistics, reused by `detach eval`
+        trainer.fit(resume=args.resume)
+        if rank.is_main:
+            print(format_summary(evaluate_run(trainer, run)))
+    finally:
+        distributed.shutdown()
     return 0
+
+
+def _torchrun(args: argparse.Namespace) -> int:
+    """`detach train --nproc N ...` relaunches itself under torchrun (PyTorch's launcher) on this node."""
+    argv, skip = [], False
+    for item in args.argv:
+        if skip:
+            skip = False
+        elif item == "--nproc":
+            skip = True
+        elif not item.startswith("--nproc="):
+            argv.append(item)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={args.nproc}",
+        "-m",
+        "detach_framework",
+        *argv,
+    ]
+    print("launching: " + " ".join(command), file=sys.stderr)
+    return subprocess.call(command)
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
@@ -196,6 +250,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     load_preprocessing(trainer.source, run.path)
     summary = evaluate_run(trainer, run)
     print(format_summary(summary))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from detach_framework.evaluation.report import write_report
+
+    print(f"wrote {write_report(args.path, _host(args))}")
     return 0
 
 
@@ -257,6 +318,7 @@ COMMANDS = {
     "train": cmd_train,
     "ablate": cmd_ablate,
     "eval": cmd_eval,
+    "report": cmd_report,
     "cache": cmd_cache,
     "data": cmd_data,
 }

@@ -77,6 +77,9 @@ class OptimizerSpec(StrictModel):
     lr: float = Field(1e-4, gt=0, description="AdamW learning rate.")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
     grad_clip: float | None = Field(None, gt=0, description="Clip the global gradient norm (off if null).")
+    warmup_fraction: float = Field(
+        0.0, ge=0, lt=1, description="Linear learning-rate warm-up over this fraction of the stage's steps."
+    )
 
 
 class StageSpec(StrictModel):
@@ -102,12 +105,15 @@ class EvalSpec(StrictModel):
 
 
 class RuntimeSpec(StrictModel):
-    """Where and how verbosely to run; never changes results, so it is not part of the uid."""
+    """Where and how verbosely to run. Only `sync_batchnorm` changes results (it enters the uid)."""
 
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$", description="auto, cpu, cuda[:N].")
     progress: Literal["auto", "on", "off"] = Field("auto", description="tqdm bars (auto: only on a TTY).")
     tensorboard: bool = Field(True, description="Write TensorBoard scalars when tensorboard is installed.")
     log_every: int = Field(10, ge=1, description="Log training scalars every N steps.")
+    sync_batchnorm: bool = Field(
+        False, description="Under torchrun, synchronise batch-norm statistics across processes (SyncBatchNorm)."
+    )
 
     @field_validator("progress", mode="before")
     @classmethod
@@ -154,7 +160,7 @@ class Experiment(StrictModel):
     deterministic: bool = Field(False, description="Use deterministic torch algorithms.")
     data: DataSpec
     model: ModelSpec
-    stages: list[StageSpec] = Field(min_length=1)
+    stages: list[StageSpec] = Field(description="Training stages in order; [] evaluates the untrained model.")
     eval: EvalSpec = Field(default_factory=EvalSpec)
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
     cache: CacheSpec = Field(default_factory=CacheSpec)
@@ -174,7 +180,12 @@ class Experiment(StrictModel):
 
 
 # Paths (model_dump keys) that never change results: excluded from the uid hash.
-UID_EXCLUDE: dict[str, Any] = {"name": True, "runtime": True, "data": {"num_workers"}, "cache": {"dir", "frames"}}
+UID_EXCLUDE: dict[str, Any] = {
+    "name": True,
+    "runtime": {"device", "progress", "tensorboard", "log_every"},  # sync_batchnorm changes results
+    "data": {"num_workers"},
+    "cache": {"dir", "frames"},
+}
 
 
 def spec_uid(spec: BaseModel) -> str:
@@ -244,7 +255,7 @@ def build_spec_model(registry: Registry) -> type[Experiment]:
         __base__=Experiment,
         data=(data, ...),
         model=(model, ...),
-        stages=(list[stage], Field(min_length=1)),
+        stages=(list[stage], Field(description="Training stages in order; [] evaluates the untrained model.")),
         eval=(evaluation, Field(default_factory=evaluation)),
     )
 

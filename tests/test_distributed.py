@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -101,3 +102,75 @@ def test_two_processes_equal_one_process_on_the_global_batch(tmp_path, method):
         assert result["grads"].keys() == grads.keys()
         for name, grad in grads.items():
             assert torch.allclose(result["grads"][name], grad, atol=1e-5), name
+
+
+def torchrun(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "detach_framework",
+        *args,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_two_process_detach_run_keeps_ranks_in_sync_and_resumes(tmp_path):
+    import json
+    import signal
+    import time
+
+    import yaml
+    from test_detach import detach_spec
+
+    spec = detach_spec()
+    spec["stages"][0]["epochs"] = 3
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    run = tmp_path / "run"
+    # Start, kill the whole launcher once the first epoch is checkpointed, then resume.
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "detach_framework",
+        "train",
+        str(path),
+        "--run-dir",
+        str(run),
+    ]
+    process = subprocess.Popen(
+        command,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 240
+    while not (run / "checkpoints" / "last.pt").is_file() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert (run / "checkpoints" / "last.pt").is_file()
+    assert not (run / "summary.json").is_file()
+    result = torchrun("train", str(path), "--run-dir", str(run), "--resume")
+    assert result.returncode == 0, result.stderr[-2000:]
+    epochs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"epoch"' in x]
+    epochs = [r for r in epochs if r["kind"] == "epoch"]
+    assert [(r["stage"], r["epoch"]) for r in epochs] == [
+        ("spatial", 1),
+        ("spatial", 2),
+        ("spatial", 3),
+        ("temporal", 1),
+        ("temporal", 2),
+    ]
+    # After every ODC epoch the bank, labels, centroids and parameters are identical on both ranks.
+    assert all(r["world_size"] == 2 and r["ranks_agree"] for r in epochs)
+    assert (run / "summary.json").is_file()

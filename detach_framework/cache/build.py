@@ -143,7 +143,14 @@ def _records(plan: CachePlan, context: CacheContext, batch: dict) -> list[dict[s
     if plan.frames:
         fields["video"] = batch["video"]
     if plan.features:
-        fields["video_maps"] = backbone_maps(context, batch["video"]).to(getattr(torch, plan.features_dtype))
+        maps = backbone_maps(context, batch["video"])
+        stored = maps.to(getattr(torch, plan.features_dtype))
+        if not torch.isfinite(stored).all() and torch.isfinite(maps).all():
+            raise UserError(
+                f"cache: backbone features overflow {plan.features_dtype} (max |x| {maps.abs().max():.3g}); "
+                "set cache.features_dtype: float32"
+            )
+        fields["video_maps"] = stored
     count = len(batch["video"])
     return [{name: value[j] for name, value in fields.items()} for j in range(count)]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import os
 import time
 import warnings
 import weakref
@@ -43,10 +44,13 @@ class CachedSplit(Dataset):
         self.use_features = plan.features
         self.length = plan.split_sizes[split]
         self.reader = StoreReader(plan.path)
+        self._prefix = f"{plan.uid}/{split}/".encode()  # + the 9-digit index: keys.sample_key, prebuilt
         # Shared memory: written by DataLoader workers, read by the main process.
         self.counts = torch.zeros(_SLOTS, 2, dtype=torch.int64).share_memory_()  # [slot] -> hits, misses
         self.checked = torch.zeros(max(self.length, 1), dtype=torch.uint8).share_memory_()
         self._views()
+        # Counts outlive the split (a finished Trainer is garbage): fold them into the process totals then.
+        self._finalizer = weakref.finalize(self, _retire, str(self.path), self._counts, os.getpid())
         _LIVE.add(self)
 
     def _views(self) -> None:
@@ -56,7 +60,7 @@ class CachedSplit(Dataset):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        del state["_counts"], state["_checked"]
+        del state["_counts"], state["_checked"], state["_finalizer"]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -73,10 +77,10 @@ class CachedSplit(Dataset):
         if not (self.use_features or self.has_frames):
             self._counts[slot, 1] += 1
             return self.base[index]
-        key = f"{self.plan_uid}/{self.split}/{index:09d}"
-        value = self.reader.get(key.encode())
+        key = self._prefix + b"%09d" % index
+        value = self.reader.get(key)
         if value is None:
-            raise UserError(f"cache {self.path}: entry '{key}' is missing; run `detach cache verify` on the spec")
+            raise UserError(f"cache {self.path}: entry '{key.decode()}' is missing; run `detach cache verify`")
         check = not self._checked[index]
         sample = decode_record(value, key, check=check)
         if check:
@@ -160,15 +164,29 @@ def _bind(backbone: nn.Module, digest: str, split: CachedSplit) -> None:
 
 _LIVE: weakref.WeakSet[CachedSplit] = weakref.WeakSet()
 _BUILT: dict[str, int] = {}
+_RETIRED: dict[str, list[int]] = {}  # store path -> [hits, misses] of splits already garbage collected
+
+
+def _retire(path: str, counts: Any, pid: int) -> None:
+    if pid != os.getpid():  # a worker's copy: its counts live in shared memory, the main process owns them
+        return
+    hits, misses = (int(v) for v in counts.sum(axis=0))
+    total = _RETIRED.setdefault(path, [0, 0])
+    total[0] += hits
+    total[1] += misses
 
 
 def run_stats() -> dict[str, dict[str, Any]]:
     """Per store path: entries built, samples read from the cache (hits) and computed (misses) so far."""
     out: dict[str, dict[str, Any]] = {}
+    for path in set(_RETIRED) | set(_BUILT) | {str(split.path) for split in list(_LIVE)}:
+        hits, misses = _RETIRED.get(path, [0, 0])
+        out[path] = {"built": _BUILT.get(path, 0), "hits": hits, "misses": misses}
     for split in list(_LIVE):
-        entry = out.setdefault(str(split.path), {"built": _BUILT.get(str(split.path), 0), "hits": 0, "misses": 0})
+        if not split._finalizer.alive:  # retired at exit already: counted in _RETIRED
+            continue
         for key, value in split.stats().items():
-            entry[key] += value
+            out[str(split.path)][key] += value
     return out
 
 

@@ -4,13 +4,14 @@ An entry's key is the uid of everything that changes its value plus the sample i
 hashes: the dataset's params and the data settings (not batch size or workers), the seed the dataset
 receives, what is stored (frames, features), and for features the backbone's name and params, a digest of
 its loaded weights (the content of a weights file, and a seeded random init alike), its pixel normalisation
-and the storage dtype; plus the cache format and framework versions. Device, batch size and workers never
-enter it.
+and the storage dtype; plus the code: the cache format, the framework version and a digest of the
+dataset's and the backbone's source files. Device, batch size and workers never enter it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +88,21 @@ def module_digest(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def source_digest(*classes: type) -> str:
+    """sha256 of the Python files beside each class's module: its code version (over-invalidating on purpose:
+    a needless rebuild costs minutes, a stale cache silently wrong results)."""
+    digest = hashlib.sha256()
+    folders = set()
+    for cls in classes:
+        path = inspect.getsourcefile(cls)
+        if path is not None:
+            folders.add(Path(path).parent)
+    for folder in sorted(folders):
+        for file in sorted(folder.glob("*.py")):
+            digest.update(file.name.encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def frames_needed(model: nn.Module) -> bool:
     """A temporal video head declaring input_kind 'frames' reads raw frames even when maps are cached."""
     head = getattr(model, "video_temporal_head", None)
@@ -111,6 +127,8 @@ def plan_cache(context: CacheContext) -> CachePlan | None:
         "seed": spec.seed,
         "frames": frames,
         "features": None,
+        # No version number moves while a plugin is being edited: hash the code that renders the samples.
+        "code": source_digest(type(context.source), type(context.source.split("train"))),
     }
     if features:
         backbone = model.video_backbone
@@ -120,6 +138,7 @@ def plan_cache(context: CacheContext) -> CachePlan | None:
             "mean": [float(v) for v in backbone.mean],
             "std": [float(v) for v in backbone.std],
             "dtype": settings.features_dtype,
+            "code": source_digest(type(backbone)),
         }
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
     what = spec.model.video_backbone.name if features else "frames"

@@ -61,7 +61,9 @@ def encode_record(arrays: Mapping[str, np.ndarray | torch.Tensor]) -> bytes:
     for name, array in arrays.items():
         if isinstance(array, torch.Tensor):
             array = array.detach().cpu().numpy()
-        array = np.ascontiguousarray(array)
+        array = np.asarray(array)
+        if not array.flags.c_contiguous:  # (np.ascontiguousarray would turn a 0-d array into 1-d)
+            array = array.copy(order="C")
         code = _CODE_OF.get(array.dtype)
         if code is None:
             raise ValueError(f"cache field '{name}': dtype {array.dtype} cannot be stored")
@@ -77,15 +79,15 @@ def encode_record(arrays: Mapping[str, np.ndarray | torch.Tensor]) -> bytes:
 
 
 # Parsed headers by their bytes: every entry of a store shares one header, so it is parsed once per process.
-_LAYOUTS: dict[bytes, tuple[list[tuple[str, torch.dtype, tuple[int, ...], int, int]], int]] = {}
+_LAYOUTS: dict[bytes, tuple[list[tuple[str, np.dtype, tuple[int, ...], int, int]], int]] = {}
 
 
-def _layout(head: bytes) -> tuple[list[tuple[str, torch.dtype, tuple[int, ...], int, int]], int]:
+def _layout(head: bytes) -> tuple[list[tuple[str, np.dtype, tuple[int, ...], int, int]], int]:
     cached = _LAYOUTS.get(head)
     if cached is not None:
         return cached
     count, _ = struct.unpack_from("<HH", head)
-    fields: list[tuple[str, torch.dtype, tuple[int, ...], int, int]] = []
+    fields: list[tuple[str, np.dtype, tuple[int, ...], int, int]] = []
     pos, offset = 4, len(head) + 8
     for _ in range(count):
         size, code, ndim = struct.unpack_from("<BBB", head, pos)
@@ -93,10 +95,10 @@ def _layout(head: bytes) -> tuple[list[tuple[str, torch.dtype, tuple[int, ...], 
         pos += 3 + size
         shape = struct.unpack_from(f"<{ndim}Q", head, pos)
         pos += 8 * ndim
-        np_dtype, torch_dtype = _CODES[code]
+        np_dtype = _CODES[code][0]
         offset = _align(offset)
         count_items = int(np.prod(shape, dtype=np.int64))
-        fields.append((name, torch_dtype, tuple(shape), offset, count_items))
+        fields.append((name, np_dtype, tuple(shape), offset, count_items))
         offset += count_items * np_dtype.itemsize
     if pos != len(head):
         raise ValueError("header length mismatch")
@@ -106,8 +108,10 @@ def _layout(head: bytes) -> tuple[list[tuple[str, torch.dtype, tuple[int, ...], 
     return fields, offset
 
 
-def decode_record(value: bytes | memoryview, key: str, *, check: bool = True) -> dict[str, torch.Tensor]:
+def decode_record(value: bytes | memoryview, key: str | bytes, *, check: bool = True) -> dict[str, torch.Tensor]:
     """One value -> named tensors sharing one writable copy of its bytes; errors name the key."""
+    if isinstance(key, bytes):
+        key = key.decode(errors="replace")
     view = memoryview(value)
     if len(view) < _PREFIX.size or bytes(view[:4]) != MAGIC:
         raise CorruptEntryError(f"cache entry '{key}' is not a detach cache value (bad magic)")
@@ -121,13 +125,11 @@ def decode_record(value: bytes | memoryview, key: str, *, check: bool = True) ->
     if total != len(view):
         raise CorruptEntryError(f"cache entry '{key}': {len(view)} bytes where the header describes {total}")
     data = bytearray(view)  # the only copy: writable, so tensors need no further one
-    out: dict[str, torch.Tensor] = {}
-    for name, dtype, shape, offset, count in fields:
-        if count:
-            out[name] = torch.frombuffer(data, dtype=dtype, count=count, offset=offset).view(shape)
-        else:
-            out[name] = torch.empty(shape, dtype=dtype)
-    return out
+    # numpy views then from_numpy: cheaper per field than torch.frombuffer(...).view(...).
+    return {
+        name: torch.from_numpy(np.frombuffer(data, dtype, count, offset).reshape(shape))
+        for name, dtype, shape, offset, count in fields
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -143,7 +145,8 @@ def open_env(path: Path, *, readonly: bool, map_size: int = DEFAULT_MAP_SIZE) ->
         return lmdb.open(str(path), map_size=map_size, subdir=True, readahead=False, max_dbs=0)
     except lmdb.Error as exc:
         raise UserError(
-            f"cache {path} is not an LMDB store ({exc}); remove it (detach cache clear SPEC) or set cache.dir"
+            f"cache {path} cannot be opened as an LMDB store ({exc}); "
+            "remove it (detach cache clear SPEC) or set cache.dir"
         ) from None
 
 
@@ -177,26 +180,39 @@ class StoreWriter:
 
 class StoreReader:
     """Read side of a complete store, opened lazily in each process (DataLoader workers included) with
-    readonly, lock=False, readahead=False; one read transaction lives as long as the process reads."""
+    readonly, lock=False, readahead=False. LMDB allows one environment per file and process, so every reader
+    of a path in a process shares one environment and one long-lived read transaction."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self._pid: int | None = None
-        self._env: lmdb.Environment | None = None
-        self._txn: lmdb.Transaction | None = None
+        self.path = Path(os.path.abspath(path))
+        self._key = str(self.path)  # one entry per file, however the path was spelled
 
     def get(self, key: bytes) -> memoryview | None:
-        if self._pid != os.getpid():  # first use here, or a forked worker: never share an env across processes
-            self._env = open_env(self.path, readonly=True)
-            self._txn = self._env.begin(buffers=True)
-            self._pid = os.getpid()
-        return self._txn.get(key)
+        opened = _READERS.get(self._key)
+        if opened is None or opened[0] != _PID[0]:  # first use here, or a forked worker: never share an env
+            release_readers(self.path)  # an inherited copy blocks reopening the same files (py-lmdb's guard)
+            env = open_env(self.path, readonly=True)
+            opened = (_PID[0], env, env.begin(buffers=True))
+            _READERS[self._key] = opened
+        return opened[2].get(key)
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "_pid": None, "_env": None, "_txn": None}
+
+_READERS: dict[str, tuple[int, lmdb.Environment, lmdb.Transaction]] = {}
+_PID = [os.getpid()]  # refreshed after fork: no getpid() call per read
+if hasattr(os, "register_at_fork"):  # (without fork, e.g. Windows, workers are spawned: nothing inherited)
+    os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
+
+
+def release_readers(path: Path) -> None:
+    """Close this process's reader of `path`, or the copy a forked worker inherited (never used there)."""
+    opened = _READERS.pop(os.path.abspath(path), None)
+    if opened is not None:
+        opened[2].abort()
+        opened[1].close()
 
 
 def iterate_entries(path: Path) -> Iterator[tuple[bytes, bytes]]:
+    release_readers(path)  # one environment per file and process
     env = open_env(path, readonly=True)
     try:
         with env.begin() as txn:
@@ -268,6 +284,7 @@ def remove_store(path: Path) -> bool:
     strangers = sorted(p.name for p in path.iterdir() if p.name not in STORE_FILES and not p.name.startswith("."))
     if strangers:
         raise UserError(f"{path} holds files a cache never has ({', '.join(strangers[:3])}); not removing it")
+    release_readers(path)
     shutil.rmtree(path)
     return True
 

@@ -24,6 +24,9 @@ class AlignmentModel(nn.Module):
     def __init__(self, spec, registry: Registry, source: DatasetSource, sensor_length: int, num_train: int = 0) -> None:
         super().__init__()
         channels = len(source.channel_names)
+        # Sizes aligners may need for their own heads (decoders, classifiers): read, never changed.
+        self.sensor_channels, self.sensor_length = channels, sensor_length
+        self.num_classes = len(getattr(source, "class_names", ()))
         self.video_backbone = registry.build("video_backbone", spec.video_backbone)
         self.backbone_frozen = bool(spec.video_backbone.frozen)
         feature_dim = int(self.video_backbone.feature_dim)

@@ -12,11 +12,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from detach_framework.contracts import DatasetSource
 from detach_framework.data.settings import DataSettings
+from detach_framework.engine import distributed
 from detach_framework.engine.checkpoint import load_checkpoint, save_checkpoint
 from detach_framework.engine.model import AlignmentModel
 from detach_framework.engine.rundir import RunDirectory
@@ -37,10 +38,12 @@ BEST = "best.pt"
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"runtime.device={name} but CUDA is not available on this machine (use auto or cpu)")
+    if device.type == "cuda" and distributed.is_enabled():
+        return torch.device("cuda", distributed.info().local_rank)  # one GPU per process
     return device
 
 
@@ -68,12 +71,24 @@ def build_source(spec: Experiment, host: PluginHost) -> DatasetSource:
     return source
 
 
-def make_loader(dataset: Dataset, spec: Experiment, *, shuffle: bool, epoch: int = 0) -> DataLoader:
+def make_loader(
+    dataset: Dataset, spec: Experiment, *, shuffle: bool, epoch: int = 0, sharded: bool = False
+) -> DataLoader:
+    """`data.batch_size` is the global batch: with `sharded` under torchrun, each rank reads its share of
+    the samples (a DistributedSampler seeded by seed and epoch) in batches of batch_size / world_size."""
     workers = spec.data.num_workers
+    world = distributed.info().world_size if sharded else 1
+    sampler = None
+    if world > 1:
+        if spec.data.batch_size % world:
+            raise UserError(f"data.batch_size={spec.data.batch_size} must be divisible by the {world} processes")
+        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=spec.seed, drop_last=shuffle)
+        sampler.set_epoch(epoch)
     return DataLoader(
         dataset,
-        batch_size=spec.data.batch_size,
-        shuffle=shuffle,
+        batch_size=spec.data.batch_size // world,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
         drop_last=shuffle and len(dataset) > spec.data.batch_size,  # full batches keep contrastive losses comparable
         num_workers=workers,
         persistent_workers=False,
@@ -123,6 +138,7 @@ class Trainer:
         self.host = host
         self.run = run
         self.device = resolve_device(spec.runtime.device)
+        self.is_main = distributed.info().is_main  # only rank 0 writes the run directory
         seed_everything(spec.seed, spec.deterministic)
         self.source = build_source(spec, host)
         num_train = len(self.source.split("train"))
@@ -132,10 +148,13 @@ class Trainer:
         self.model = AlignmentModel(
             spec.model, host.registry, self.source, spec.data.sensor_length, num_train=num_train
         ).to(self.device)
+        if spec.runtime.sync_batchnorm and distributed.is_enabled():
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.train_set = self.split("train")
         self.val_set = self.split("val")
         self.progress = progress_enabled(spec.runtime.progress)
         self.tensorboard = None  # opened by fit(): evaluation alone writes no event files
+        self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None  # the current stage's warm-up
 
     def split(self, name: str) -> Dataset:
         """One split of the dataset as training and evaluation read it: from the LMDB cache when `spec.cache`
@@ -176,7 +195,17 @@ class Trainer:
         optimizer = torch.optim.AdamW(
             list(params.values()), lr=stage.optimizer.lr, weight_decay=stage.optimizer.weight_decay
         )
+        self.scheduler = self._warmup(optimizer, index)
         return aligner, optimizer, trainable
+
+    def _warmup(self, optimizer: torch.optim.Optimizer, index: int) -> torch.optim.lr_scheduler.LambdaLR | None:
+        """Linear warm-up over `warmup_fraction` of the stage's optimizer steps, then the constant lr."""
+        stage = self.spec.stages[index]
+        if stage.optimizer.warmup_fraction <= 0:
+            return None
+        steps = stage.epochs * len(make_loader(self.train_set, self.spec, shuffle=True))
+        warmup = max(1, round(stage.optimizer.warmup_fraction * steps))
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
 
     def _set_modes(self, aligner: nn.Module, trainable: list[nn.Module], training: bool) -> None:
         # Parts not trained in this stage stay in eval mode so their batch-norm statistics stay frozen.
@@ -199,6 +228,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "aligner": aligner.state_dict(),
             "optimizer": optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "rng": rng_state(),
         }
 
@@ -219,30 +249,35 @@ class Trainer:
     # -- training --------------------------------------------------------------------------------------
 
     def fit(self, resume: bool = False) -> None:
-        if self.spec.runtime.tensorboard:
+        if self.spec.runtime.tensorboard and self.is_main:
             self.tensorboard = _tensorboard_writer(self.run)
         pos, state = self._resume_position() if resume else (Position(), None)
-        if state is not None:
+        if state is not None and self.is_main:
             self.run.truncate_metrics_after(pos.stage_index, pos.epochs_done)
         while pos.stage_index < len(self.spec.stages):
             stage = self.spec.stages[pos.stage_index]
             aligner, optimizer, trainable = self.build_stage(pos.stage_index)
+            step = distributed.wrap_step(self.model, aligner, self.device)
             if stage.init_from is not None and state is None:
                 self._adopt_stage(pos, aligner, optimizer)
             resumed = state is not None
             if resumed:  # resuming inside this stage: restore its optimizer, aligner, RNG
                 aligner.load_state_dict(state["aligner"])
                 optimizer.load_state_dict(state["optimizer"])
+                if self.scheduler is not None and state.get("scheduler") is not None:
+                    self.scheduler.load_state_dict(state["scheduler"])
                 set_rng_state(state["rng"])
                 state = None
             if hasattr(aligner, "on_stage_start") and pos.epochs_done < stage.epochs:
                 aligner.on_stage_start(self.model, self.stage_context(pos.stage_index, resumed))
             while pos.epochs_done < stage.epochs:
-                record = self._train_epoch(pos, aligner, optimizer, trainable)
+                record = self._train_epoch(pos, step, aligner, optimizer, trainable)
                 pos.epochs_done += 1
                 improved = record.get("val_loss", math.inf) < pos.best_val
                 if improved:
                     pos.best_val = record["val_loss"]
+                if not self.is_main:
+                    continue
                 # Logged before the checkpoint: a kill in between is undone by truncation on resume.
                 self.run.log(record)
                 checkpoint = self._state(pos, aligner, optimizer)
@@ -251,8 +286,15 @@ class Trainer:
                     save_checkpoint(self.run.checkpoints / BEST, checkpoint)
                 self._scalars(record, pos.global_step)
                 self.host.manager.hook.detach_after_epoch(stage=stage.name, epoch=pos.epochs_done, metrics=record)
-            save_checkpoint(self.run.checkpoints / f"stage_{stage.name}.pt", self._state(pos, aligner, optimizer))
+            if self.is_main:
+                save_checkpoint(self.run.checkpoints / f"stage_{stage.name}.pt", self._state(pos, aligner, optimizer))
+            distributed.barrier()  # other ranks never read a checkpoint before rank 0 has written it
             pos = Position(pos.stage_index + 1, 0, pos.global_step, math.inf)
+        if not self.spec.stages and self.is_main:  # a floor row: nothing to train, the initial weights are evaluated
+            initial = {"uid": self.spec.uid, "stage_index": 0, "stage": None, "epochs_done": 0, "global_step": 0}
+            save_checkpoint(
+                self.run.checkpoints / LAST, {**initial, "best_val": math.inf, "model": self.model.state_dict()}
+            )
         if self.tensorboard is not None:
             self.tensorboard.close()
 
@@ -268,6 +310,8 @@ class Trainer:
             first = str(exc).splitlines()[0]
             raise UserError(f"stages.{pos.stage_index}.init_from: {source} does not fit this model ({first})") from None
         pos.epochs_done = stage.epochs
+        if not self.is_main:
+            return
         self.run.log(
             {
                 "kind": "init_from",
@@ -280,20 +324,33 @@ class Trainer:
         )
 
     def _train_epoch(
-        self, pos: Position, aligner: nn.Module, optimizer: torch.optim.Optimizer, trainable: list[nn.Module]
+        self,
+        pos: Position,
+        step: nn.Module,
+        aligner: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        trainable: list[nn.Module],
     ) -> dict[str, Any]:
+        """One epoch; `step(batch)` is `aligner(model, batch)`, DDP-wrapped under torchrun."""
         stage = self.spec.stages[pos.stage_index]
         epoch = pos.epochs_done + 1
-        loader = make_loader(self.train_set, self.spec, shuffle=True, epoch=pos.stage_index * 10_000 + epoch)
+        loader = make_loader(
+            self.train_set, self.spec, shuffle=True, epoch=pos.stage_index * 10_000 + epoch, sharded=True
+        )
         self._set_modes(aligner, trainable, training=True)
         totals: dict[str, float] = {}
         batches = 0
         started = time.perf_counter()
         if hasattr(aligner, "on_epoch_start"):
             aligner.on_epoch_start(epoch)
-        bar = tqdm(loader, desc=f"{stage.name} {epoch}/{stage.epochs}", disable=not self.progress, leave=False)
+        bar = tqdm(
+            loader,
+            desc=f"{stage.name} {epoch}/{stage.epochs}",
+            disable=not (self.progress and self.is_main),
+            leave=False,
+        )
         for batch in bar:
-            out = aligner(self.model, to_device(batch, self.device))
+            out = step(to_device(batch, self.device))
             loss = out["loss"]
             if not torch.isfinite(loss):
                 raise UserError(
@@ -306,6 +363,8 @@ class Trainer:
                     [p for g in optimizer.param_groups for p in g["params"]], stage.optimizer.grad_clip
                 )
             optimizer.step()
+            if self.scheduler is not None:
+                self.scheduler.step()
             if hasattr(aligner, "after_optimizer_step"):
                 aligner.after_optimizer_step(self.model)
             pos.global_step += 1
@@ -314,7 +373,7 @@ class Trainer:
             for key, value in scalars.items():
                 totals[key] = totals.get(key, 0.0) + value
             bar.set_postfix(loss=f"{scalars['loss']:.4f}")
-            if pos.global_step % self.spec.runtime.log_every == 0:
+            if pos.global_step % self.spec.runtime.log_every == 0 and self.is_main:
                 step_record = {
                     "kind": "step",
                     "stage": stage.name,
@@ -338,20 +397,35 @@ class Trainer:
             record.update(aligner.on_epoch_end(self.model))
         if len(self.val_set) >= 2:
             record["val_loss"] = self._validate(aligner)
+        if distributed.is_enabled():
+            record["world_size"] = distributed.info().world_size
+            record["ranks_agree"] = self._ranks_agree()
         return record
+
+    @torch.no_grad()
+    def _ranks_agree(self) -> bool:
+        """Parameters and clusterer state must be identical on every rank; a cheap fingerprint checks it."""
+        tensors = [p for p in self.model.parameters()]
+        if self.model.clusterer is not None:
+            tensors += list(self.model.clusterer.buffers())
+        weights = torch.linspace(1.0, 2.0, steps=len(tensors), dtype=torch.float64)
+        fingerprint = sum(w * t.double().sum().cpu() for w, t in zip(weights, tensors, strict=True))
+        everyone = distributed.gather(torch.as_tensor([fingerprint], dtype=torch.float64, device=self.device))
+        return bool(torch.all(everyone == everyone[0]))
 
     @torch.no_grad()
     def _validate(self, aligner: nn.Module) -> float:
         self.model.eval()
         aligner.eval()
         total, count = 0.0, 0
-        for batch in make_loader(self.val_set, self.spec, shuffle=False):
+        for batch in make_loader(self.val_set, self.spec, shuffle=False, sharded=True):
             if len(batch["label"]) < 2:
                 continue
             out = aligner(self.model, to_device(batch, self.device))
             total += float(out["loss"]) * len(batch["label"])
             count += len(batch["label"])
-        return total / max(count, 1)
+        # Every rank saw the same global batches (gathered inside the aligner): the mean is the same.
+        return distributed.all_reduce_mean(total / max(count, 1))
 
     def _scalars(self, record: dict[str, Any], step: int) -> None:
         if self.tensorboard is None:
