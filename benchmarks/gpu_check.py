@@ -191,6 +191,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--small", action="store_true", help="tiny sizes, for a dry run on the CPU")
     parser.add_argument("--batches", default="32,64,128,256")
+    parser.add_argument("--data-workers", default="0,8", help="DataLoader workers to time (empty: skip)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -205,7 +206,8 @@ def main() -> None:
     report["cuda_path"] = cuda_path(args.device)
     print(json.dumps({"cuda_path": report["cuda_path"]}), flush=True)
     report["steps"] = step_speed(device, args.small, [int(b) for b in args.batches.split(",")])
-    report["data"] = data_speed(args.small, [0, 2] if args.small else [0, 8])
+    workers = [int(w) for w in args.data_workers.split(",") if w.strip()]
+    report["data"] = data_speed(args.small, workers) if workers else []
     if args.out:
         args.out.write_text(json.dumps(report, indent=2))
 

@@ -14,7 +14,10 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-import av
+try:
+    import av
+except ImportError:  # PyAV is needed only to read or write video files, not to import datasets
+    av = None
 import numpy as np
 
 from detach_framework.errors import UserError
@@ -43,7 +46,13 @@ def uniform_frame_times(start: float, window_seconds: float, frames: int) -> np.
     return start + (np.arange(frames) + 0.5) * window_seconds / frames
 
 
+def _require_pyav() -> None:
+    if av is None:
+        raise UserError("reading or writing video files needs PyAV: pip install av")
+
+
 def _open(path: Path) -> av.container.InputContainer:
+    _require_pyav()
     if not path.is_file():
         raise VideoError(f"video file not found: {path}")
     try:
@@ -198,6 +207,7 @@ def write_video(
         raise ValueError(f"frames must be uint8 [T, H, W, 3], got {frames.dtype} {list(frames.shape)}")
     path.parent.mkdir(parents=True, exist_ok=True)
     rate = Fraction(fps).limit_denominator(1001)
+    _require_pyav()
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream(codec, rate=rate)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
