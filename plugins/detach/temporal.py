@@ -14,6 +14,10 @@ from detach_framework.engine.distributed import gather, gather_with_grad
 from detach_framework.errors import UserError
 from detach_framework.registry import ComponentParams
 
+# Per negative type and epoch, at most this many W values are kept (a uniform sample) for the quantiles.
+W_RESERVOIR = 4096
+W_QUANTILES = torch.linspace(0, 1, 21)
+
 
 class TemporalParams(ComponentParams):
     momentum: float = Field(0.999, ge=0, lt=1, description="EMA: theta_m <- m * theta_m + (1 - m) * theta.")
@@ -89,6 +93,22 @@ class TemporalAligner(nn.Module):
         self.momentum_sensor = copy.deepcopy(model.sensor_temporal_encoder).requires_grad_(False)
         self._sums = {"false": 0.0, "hard": 0.0, "easy": 0.0}
         self._counts = {"false": 0, "hard": 0, "easy": 0}
+        self._reset_reservoir()
+
+    def _reset_reservoir(self) -> None:
+        # Bottom-k sampling by random keys: a uniform sample of bounded size whatever the epoch length.
+        # A private generator so the analysis never shifts the training RNG.
+        self._sample_gen = torch.Generator().manual_seed(0)
+        self._samples = {kind: (torch.empty(0), torch.empty(0)) for kind in self._sums}
+
+    def _reservoir_add(self, kind: str, values: torch.Tensor) -> None:
+        kept, keys = self._samples[kind]
+        values = torch.cat([kept, values.detach().float().cpu()])
+        keys = torch.cat([keys, torch.rand(len(values) - len(kept), generator=self._sample_gen)])
+        if len(values) > W_RESERVOIR:
+            chosen = keys.topk(W_RESERVOIR, largest=False).indices
+            values, keys = values[chosen], keys[chosen]
+        self._samples[kind] = (values, keys)
 
     def trainable_modules(self, model: nn.Module) -> list[nn.Module]:
         return [model.video_temporal_head, model.sensor_temporal_encoder]
@@ -115,9 +135,17 @@ class TemporalAligner(nn.Module):
     def on_epoch_start(self, epoch: int) -> None:
         self._sums = dict.fromkeys(self._sums, 0.0)
         self._counts = dict.fromkeys(self._counts, 0)
+        self._reset_reservoir()
 
     def on_epoch_end(self, model: nn.Module) -> dict[str, Any]:
-        return {f"w_{kind}": self._sums[kind] / self._counts[kind] for kind in self._sums if self._counts[kind]}
+        record: dict[str, Any] = {
+            f"w_{kind}": self._sums[kind] / self._counts[kind] for kind in self._sums if self._counts[kind]
+        }
+        # Fixed quantiles (0, 0.05, ..., 1) of the sampled W per type: `detach report` draws their CDFs.
+        for kind, (values, _) in self._samples.items():
+            if len(values):
+                record[f"w_{kind}_quantiles"] = [round(float(q), 5) for q in torch.quantile(values, W_QUANTILES)]
+        return record
 
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         with torch.no_grad():  # the spatial branch is frozen in this stage
@@ -146,4 +174,5 @@ class TemporalAligner(nn.Module):
                 if mask.any():
                     self._sums[kind] += float(weights[mask].sum())
                     self._counts[kind] += int(mask.sum())
+                    self._reservoir_add(kind, weights[mask])
         return {"loss": loss, "w_mean": weights.sum() / max(weights.numel() - len(weights), 1)}
