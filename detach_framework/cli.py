@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study")
     p.add_argument("--jobs", type=int, default=1, help="runs at a time (each gets its share of the CPU threads)")
     p.add_argument("--out", type=Path, help="default: runs/studies/<study name>")
+    p.add_argument("--seeds", help="comma-separated subset of the study's seeds to run now (tables use all)")
     p = command("eval", "evaluate a run directory again and rewrite its summary.json")
     p.add_argument("run_dir", type=Path)
     p = command("report", "write report.html (figures, tables) for a run directory or a study directory")
@@ -230,7 +231,11 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise UserError(f"--jobs {args.jobs}: expected a positive number of parallel runs")
     out = args.out or Path("runs") / "studies" / load_study(args.study).name
-    result = run_study(args.study, _host(args).registry, out, jobs=args.jobs, plugins=args.plugin or [])
+    try:
+        seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
+    except ValueError:
+        raise UserError(f"--seeds {args.seeds}: expected comma-separated integers") from None
+    result = run_study(args.study, _host(args).registry, out, jobs=args.jobs, seeds=seeds, plugins=args.plugin or [])
     print((out / "study.md").read_text(), end="")
     print(f"wrote {out / 'study.csv'}, {out / 'study.md'}, {out / 'study.png'} ({len(result['rows'])} runs)")
     return 0

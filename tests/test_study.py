@@ -65,3 +65,16 @@ def test_bad_variant_fails_before_any_run(tmp_path):
 
         plan(study, load_plugins().registry, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_variant_reference_reuses_the_same_seed_run(tmp_path):
+    from detach_framework.engine.study import plan
+
+    study = write_study(tmp_path, {"full": {}, "reuse": {"stages.0.init_from": "@full"}}, seeds=(1, 2))
+    _, runs = plan(study, load_plugins().registry, tmp_path / "out")
+    full = {r.seed: r.run_dir for r in runs if r.variant == "full"}
+    for run in (r for r in runs if r.variant == "reuse"):
+        assert run.spec.stages[0].init_from == str(full[run.seed])
+    bad = write_study(tmp_path, {"reuse": {"stages.0.init_from": "@later"}, "later": {}})
+    with pytest.raises(UserError, match="@later must name an earlier variant"):
+        plan(bad, load_plugins().registry, tmp_path / "out")

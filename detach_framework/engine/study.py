@@ -71,14 +71,21 @@ def load_study(path: str | Path) -> StudySpec:
         raise UserError(f"{path}: {where}: {first['msg']}") from None
 
 
-def plan(study_file: str | Path, registry: Registry, out_dir: Path) -> tuple[StudySpec, list[PlannedRun]]:
-    """Validate every variant x seed up front, so a typo fails before hours of training."""
+def plan(
+    study_file: str | Path, registry: Registry, out_dir: Path, seeds: list[int] | None = None
+) -> tuple[StudySpec, list[PlannedRun]]:
+    """Validate every variant x seed up front, so a typo fails before hours of training.
+
+    An override value "@other" in a variant names the run directory of variant `other` with the same seed
+    (e.g. `stages.0.init_from: "@full"` reuses its stage 1); that variant must come earlier in the file.
+    """
     study_file = Path(study_file)
     study = load_study(study_file)
     base = (study_file.parent / study.base).resolve()
-    runs = []
+    runs: list[PlannedRun] = []
     for variant, values in study.variants.items():
-        for seed in study.seeds:
+        for seed in seeds if seeds is not None else study.seeds:
+            values = {key: _resolve_reference(study_file, variant, seed, value, runs) for key, value in values.items()}
             overrides = [*as_overrides(study.overrides), *as_overrides(values), f"seed={seed}"]
             try:
                 spec = load_spec(base, registry, overrides)
@@ -88,25 +95,37 @@ def plan(study_file: str | Path, registry: Registry, out_dir: Path) -> tuple[Stu
     return study, runs
 
 
+def _resolve_reference(study_file: Path, variant: str, seed: int, value: Any, runs: list[PlannedRun]) -> Any:
+    if not (isinstance(value, str) and value.startswith("@")):
+        return value
+    for run in runs:
+        if run.variant == value[1:] and run.seed == seed:
+            return str(run.run_dir)
+    raise UserError(f"{study_file}: variant '{variant}': {value} must name an earlier variant of the study")
+
+
 def run_study(
     study_file: str | Path,
     registry: Registry,
     out_dir: Path,
     *,
     jobs: int = 1,
+    seeds: list[int] | None = None,
     plugins: list[str] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     study, runs = plan(study_file, registry, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    pending = [r for r in runs if not r.complete]
+    # `seeds` restricts what runs now; the tables always gather every complete run of the study.
+    pending = [r for r in runs if not r.complete and (seeds is None or r.seed in seeds)]
     log(f"study {study.name}: {len(runs)} runs, {len(runs) - len(pending)} already complete, {len(pending)} to run")
     threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
     active: list[tuple[PlannedRun, subprocess.Popen]] = []
     failures: list[str] = []
     for index, run in enumerate(pending):
-        while len(active) >= jobs:
-            failures += _reap(active, log)
+        needs = {stage.init_from for stage in run.spec.stages if stage.init_from}
+        while len(active) >= jobs or any(str(other.run_dir) in needs for other, _ in active):
+            failures += _reap(active, log)  # a run reusing another's stage waits for it to finish
         spec_file = out_dir / "specs" / f"{run.spec.uid}.yaml"
         atomic_write_text(spec_file, dump_spec(run.spec))
         command = [sys.executable, "-m", "detach_framework"]
