@@ -85,8 +85,8 @@ def plan(
     runs: list[PlannedRun] = []
     for variant, values in study.variants.items():
         for seed in seeds if seeds is not None else study.seeds:
-            values = {key: _resolve_reference(study_file, variant, seed, value, runs) for key, value in values.items()}
-            overrides = [*as_overrides(study.overrides), *as_overrides(values), f"seed={seed}"]
+            resolved = {key: _resolve_reference(study_file, variant, seed, v, runs) for key, v in values.items()}
+            overrides = [*as_overrides(study.overrides), *as_overrides(resolved), f"seed={seed}"]
             try:
                 spec = load_spec(base, registry, overrides)
             except UserError as exc:
