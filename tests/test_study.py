@@ -40,7 +40,7 @@ def write_study(tmp_path, variants, seeds=(1,)):
         "variants": variants,
         "overrides": {"eval.evaluators": [{"name": "linear_probe", "epochs": 2}]},
     }
-    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study, sort_keys=False))  # variant order matters
     return str(tmp_path / "study.yaml")
 
 
