@@ -78,3 +78,15 @@ def test_variant_reference_reuses_the_same_seed_run(tmp_path):
     bad = write_study(tmp_path, {"reuse": {"stages.0.init_from": "@later"}, "later": {}})
     with pytest.raises(UserError, match="@later must name an earlier variant"):
         plan(bad, load_plugins().registry, tmp_path / "out")
+
+
+def test_example_studies_plan(tmp_path):
+    from pathlib import Path
+
+    from detach_framework.engine.study import plan
+
+    studies = sorted((Path(__file__).resolve().parents[1] / "examples" / "studies").glob("*.yaml"))
+    assert studies
+    for path in studies:
+        study, runs = plan(path, load_plugins().registry, tmp_path)
+        assert len(runs) == len(study.variants) * len(study.seeds), path.name
