@@ -78,17 +78,20 @@ def plan(
 
     An override value "@other" in a variant names the run directory of variant `other` with the same seed
     (e.g. `stages.0.init_from: "@full"` reuses its stage 1); that variant must come earlier in the file.
+    A variant's `base` key replaces the study's base spec (to compare methods built from different specs).
     """
     study_file = Path(study_file)
     study = load_study(study_file)
     base = (study_file.parent / study.base).resolve()
     runs: list[PlannedRun] = []
     for variant, values in study.variants.items():
+        values = dict(values)
+        spec_file = (study_file.parent / values.pop("base")).resolve() if "base" in values else base
         for seed in seeds if seeds is not None else study.seeds:
             resolved = {key: _resolve_reference(study_file, variant, seed, v, runs) for key, v in values.items()}
             overrides = [*as_overrides(study.overrides), *as_overrides(resolved), f"seed={seed}"]
             try:
-                spec = load_spec(base, registry, overrides)
+                spec = load_spec(spec_file, registry, overrides)
             except UserError as exc:
                 raise UserError(f"{study_file}: variant '{variant}' (seed {seed}): {exc}") from None
             runs.append(PlannedRun(variant, seed, spec, out_dir / "runs" / spec.uid))
