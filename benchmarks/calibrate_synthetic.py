@@ -27,13 +27,11 @@ import numpy as np
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from detach_framework.data.settings import DataSettings  # noqa: E402
-from detach_framework.evaluation import linear_probe, weighted_f1  # noqa: E402
-from plugins.datasets.synthetic_kitchen import build_synthetic_kitchen  # noqa: E402
-from plugins.datasets.synthetic_kitchen.presets import SyntheticKitchenParams  # noqa: E402
-from plugins.methods.imu2clip import Imu2ClipSensorEncoder, Imu2ClipSensorParams  # noqa: E402
+from detach_framework.data.settings import DataSettings
+from detach_framework.evaluation import linear_probe, weighted_f1
+from detach_plugins.datasets.synthetic_kitchen import build_synthetic_kitchen
+from detach_plugins.datasets.synthetic_kitchen.presets import SyntheticKitchenParams
+from detach_plugins.methods.imu2clip import Imu2ClipSensorEncoder, Imu2ClipSensorParams
 
 RANDOM_MAX = 0.50  # control (a) must stay at or below this
 SUPERVISED_MIN = 0.90  # control (b) must reach at least this

@@ -43,7 +43,8 @@ def cuda_path(device: str) -> dict:
         started = time.perf_counter()
         result = subprocess.run(
             [sys.executable, "-m", "detach_framework", "train", str(path), "--run-dir", f"{tmp}/run"],
-            capture_output=True, text=True,
+            capture_output=True,
+            text=True,
         )
         seconds = time.perf_counter() - started
         summary_file = Path(tmp) / "run" / "summary.json"
@@ -91,8 +92,9 @@ def step_speed(device: torch.device, small: bool, batches: list[int]) -> list[di
         try:
             generator = torch.Generator(device=device).manual_seed(0)
             batch = {
-                "video": torch.randint(0, 255, (batch_size, frames, 3, size, size), dtype=torch.uint8,
-                                       device=device, generator=generator),
+                "video": torch.randint(
+                    0, 255, (batch_size, frames, 3, size, size), dtype=torch.uint8, device=device, generator=generator
+                ),
                 "sensor": torch.randn(batch_size, channels, 128, device=device, generator=generator),
                 "label": torch.randint(0, 15, (batch_size,), device=device, generator=generator),
                 "fixture": torch.randint(-1, 7, (batch_size,), device=device, generator=generator),
@@ -104,7 +106,7 @@ def step_speed(device: torch.device, small: bool, batches: list[int]) -> list[di
                 params = [p for m in trainable for p in m.parameters()] + list(aligner.parameters())
                 optimizer = torch.optim.AdamW([p for p in params if p.requires_grad], lr=1e-4)
 
-                def step():
+                def step(model=model, aligner=aligner, optimizer=optimizer, batch=batch):
                     out = aligner(model, batch)
                     optimizer.zero_grad(set_to_none=True)
                     out["loss"].backward()
@@ -119,7 +121,7 @@ def step_speed(device: torch.device, small: bool, batches: list[int]) -> list[di
                 row[f"{method}_samples_per_s"] = round(batch_size / seconds, 1)
                 if device.type == "cuda":
                     row[f"{method}_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-                del model, aligner, optimizer
+                del model, aligner, optimizer, step  # free this method's memory before the next one
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
         except torch.OutOfMemoryError:

@@ -1,4 +1,8 @@
-"""Write-then-rename file helpers: a reader never sees a half-written file, a crash loses nothing old."""
+"""Write-then-rename file helpers: a reader never sees a half-written file, a crash loses nothing old.
+
+A failed write (a full disk, a quota, a read-only or vanished directory) becomes a `WriteError`: one line
+naming the file, printed by the CLI with exit code 2, and the file's previous version stays in place.
+"""
 
 from __future__ import annotations
 
@@ -9,20 +13,38 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from detach_framework.errors import UserError
+
+
+class WriteError(UserError, OSError):
+    """A file could not be written. Also an OSError, so callers that expect one from I/O still catch it."""
+
+
+def write_error(path: str | Path, exc: OSError, what: str = "write") -> WriteError:
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    error = WriteError(f"cannot {what} {path}: {reason}; files written before are unchanged")
+    error.errno = exc.errno
+    return error
+
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     """Call `write(fileobj)` on a temporary file beside `path`, fsync it, then rename it over `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise write_error(path, exc) from None
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, WriteError):
+            raise write_error(path, exc) from None
         raise
     return path
 

@@ -10,6 +10,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from detach_framework.engine.interrupts import stop_on_signals
 from detach_framework.errors import UserError
 
 DEFAULT_SCHEMA = Path("schemas") / "experiment.schema.json"
@@ -100,16 +101,18 @@ def main(argv: list[str] | None = None) -> int:
     if overrides:
         args.overrides = [*args.overrides, *overrides]
     try:
-        return COMMANDS[args.command](args) or 0
+        with stop_on_signals():  # SIGINT/SIGTERM: finish the checkpoint being written, then exit 130/143
+            return COMMANDS[args.command](args) or 0
     except UserError as exc:
         if args.debug:
             traceback.print_exc()
-        message = " ".join(str(exc).split("\n"))
+        message = " ".join(str(exc).splitlines())
         print(f"detach {args.command}: error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"detach {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        hint = "; rerun with --resume to continue from the last checkpoint" if args.command == "train" else ""
+        print(f"detach {args.command}: {str(exc) or 'interrupted'}{hint}", file=sys.stderr)
+        return getattr(exc, "exit_code", 130)
 
 
 def _host(args: argparse.Namespace):

@@ -68,6 +68,7 @@ class PluginHost:
         module_name = module if isinstance(module, str) else module.__name__
         before = len(self.registry.components())
         self.registry.current_plugin = label
+        self.registry.current_distribution = distribution
         try:
             mod = importlib.import_module(module) if isinstance(module, str) else module
             if not hasattr(mod, "detach_register_components"):
@@ -82,7 +83,8 @@ class PluginHost:
             self._forget(label)
             detail = f"{type(exc).__name__}: {exc}".splitlines()[0]
             self.plugins.append(PluginInfo(label, module_name, distribution, "failed", detail))
-            self.registry.failed_plugins.append(f"{label} ({detail})")
+            origin = f" from {distribution}" if distribution else ""
+            self.registry.failed_plugins.append(f"{label} ({detail}){origin}")
             if self.debug:
                 traceback.print_exc()
         else:
@@ -90,6 +92,7 @@ class PluginHost:
             self.plugins.append(PluginInfo(label, module_name, distribution, "loaded", components=added))
         finally:
             self.registry.current_plugin = "<direct>"
+            self.registry.current_distribution = ""
 
     def _forget(self, label: str) -> None:
         """Drop a half-registered plugin: its hook and whatever components it added before failing."""

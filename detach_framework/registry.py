@@ -46,6 +46,12 @@ class Component:
     description: str
     plugin: str
     tools: dict[str, Callable[..., Any]] = field(default_factory=dict)
+    distribution: str = ""  # the installed package that provides the plugin ("" when added directly)
+
+    @property
+    def origin(self) -> str:
+        """'plugin 'x' (distribution 'y')': how errors about this component name who to blame."""
+        return f"plugin '{self.plugin}'" + (f" (distribution '{self.distribution}')" if self.distribution else "")
 
 
 def did_you_mean(value: str, choices: list[str]) -> str:
@@ -60,6 +66,7 @@ class Registry:
 
     _components: dict[str, dict[str, Component]] = field(default_factory=lambda: {kind: {} for kind in KINDS})
     current_plugin: str = "<direct>"
+    current_distribution: str = ""
     failed_plugins: list[str] = field(default_factory=list)  # "name (error)", shown in unknown-name errors
 
     def add(
@@ -114,6 +121,7 @@ class Registry:
             description=description.strip().splitlines()[0] if description.strip() else "",
             plugin=self.current_plugin,
             tools=dict(tools or {}),
+            distribution=self.current_distribution,
         )
 
     def names(self, kind: str) -> list[str]:

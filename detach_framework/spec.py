@@ -284,6 +284,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path}:{where}: invalid YAML: {problem}") from None
     except UnicodeDecodeError:
         raise UserError(f"{path}: not a UTF-8 text file") from None
+    except RecursionError:  # PyYAML's parser recurses once per nesting level
+        raise UserError(f"{path}: invalid YAML: nested too deeply") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of spec keys at the top level, got {type(data).__name__}")
     return data
@@ -300,7 +302,7 @@ def apply_override(data: dict[str, Any], override: str) -> None:
         raise UserError(f"override '{override}': expected key.path=value (e.g. stages.0.epochs=3)")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         value = raw  # not valid YAML: take it as a plain string, validation decides
     parts = key.split(".")
     node: Any = data

@@ -16,8 +16,8 @@ from torch import nn
 from detach_framework.contracts import SAMPLE_KEYS, EmbeddingSet, EvalContext, EvalResult
 from detach_framework.data.settings import DataSettings
 from detach_framework.engine.model import AlignmentModel
-from detach_framework.plugins import load_plugins
 from detach_framework.errors import UserError
+from detach_framework.plugins import load_plugins
 from detach_framework.spec import load_spec
 
 REGISTRY = load_plugins().registry

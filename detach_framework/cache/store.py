@@ -170,12 +170,27 @@ class StoreWriter:
                         txn.put(key, value)
                 return
             except lmdb.MapFullError:  # the transaction was aborted: grow and write the whole batch again
-                self.env.set_mapsize(self.env.info()["map_size"] * 2)
+                try:
+                    self.env.set_mapsize(self.env.info()["map_size"] * 2)
+                except lmdb.Error as exc:  # the map cannot grow (address space, file size limit)
+                    raise self._failed(exc) from None
                 self.grown += 1
+            except (lmdb.Error, OSError) as exc:  # a full disk or quota: earlier commits stay, the batch is lost
+                raise self._failed(exc) from None
+
+    def _failed(self, exc: Exception) -> UserError:
+        return UserError(
+            f"cache {self.path}: writing stopped ({type(exc).__name__}: {exc}); the entries committed so far are "
+            "kept: free disk space and rerun (the build resumes), or set cache.mode: off"
+        )
 
     def close(self) -> None:
-        self.env.sync(True)
-        self.env.close()
+        try:
+            self.env.sync(True)
+        except lmdb.Error as exc:
+            raise self._failed(exc) from None
+        finally:
+            self.env.close()
 
 
 class StoreReader:

@@ -125,6 +125,7 @@ class WindowedSource:
         self.notes: list[str] = []
         self._readers: dict[int, VideoReader] = {}
         self._check_settings()
+        self._check_rates([r for split in SPLITS for r in assignment.get(split, [])])
         self._video_span = {r: self._video_span_of(r) for r in range(len(recordings))}
         tables = {}
         for split in SPLITS:
@@ -165,6 +166,23 @@ class WindowedSource:
         d = self.data
         if d.window_seconds <= 0 or d.stride_seconds <= 0 or d.frames < 1 or d.frame_size < 8:
             raise UserError(f"{self.name}: needs positive window/stride seconds, frames >= 1, frame_size >= 8")
+
+    def _check_rates(self, used: list[int]) -> None:
+        """One sensor rate across recordings (windows of one length, one filter cutoff in Hz), and windows
+        of at least two samples at it: anything else would crash later or resample nothing into a window."""
+        recs = [self.recordings[r] for r in used]
+        other = next((rec for rec in recs if rec.rate_hz != recs[0].rate_hz), None)
+        if other is not None:
+            raise UserError(
+                f"{self.name}: recordings are sampled at different rates ({recs[0].name} {recs[0].rate_hz:g} Hz, "
+                f"{other.name} {other.rate_hz:g} Hz); resample the streams to one rate when reading them"
+            )
+        if recs and round(self.data.window_seconds * recs[0].rate_hz) < 2:
+            samples = round(self.data.window_seconds * recs[0].rate_hz)
+            raise UserError(
+                f"{self.name}: data.window_seconds={self.data.window_seconds:g} holds {samples} sensor sample(s) "
+                f"at {recs[0].rate_hz:g} Hz; a window needs at least 2"
+            )
 
     def skip(self, key: str | None, count: int, message: str) -> None:
         """Count a deliberate skip under `key` (None: a note only) and say so (never silent)."""

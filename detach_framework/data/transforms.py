@@ -32,9 +32,10 @@ _MIN_STD = 1e-6  # a channel that never moved in train stays unscaled rather tha
 
 def resolve_nan(window: np.ndarray, dead_fraction: float = DEAD_CHANNEL_NAN_FRACTION) -> tuple[np.ndarray, np.ndarray]:
     """NaN policy on one raw window [C, n]: a channel more than `dead_fraction` NaN is zeroed (and flagged
-    dead), any other NaN is interpolated linearly, edge values held. Returns (filled, dead [C] bool)."""
+    dead), any other NaN is interpolated linearly, edge values held. Returns (filled, dead [C] bool).
+    +-inf counts as missing too: a sensor glitch, never a value to scale, filter or interpolate from."""
     window = np.asarray(window, np.float64)
-    missing = np.isnan(window)
+    missing = ~np.isfinite(window)
     dead = missing.mean(axis=1) > dead_fraction
     out = np.where(missing, 0.0, window)
     out[dead] = 0.0
@@ -153,7 +154,7 @@ class Windows:
 def _nan_policy(step: NanPolicyStep) -> Callable[[Windows], Windows]:
     def apply(w: Windows) -> Windows:
         x, dead = w.x.copy(), w.dead.copy()
-        for i in np.flatnonzero(np.isnan(x).any(axis=(1, 2))):
+        for i in np.flatnonzero(~np.isfinite(x).all(axis=(1, 2))):  # NaN or +-inf
             x[i], d = resolve_nan(x[i], step.dead_fraction)
             dead[i] |= d
         return Windows(x, dead)
@@ -210,7 +211,7 @@ class Pipeline:
         single = raw.ndim == 2
         w = self._run(self._wrap(raw[None] if single else raw))
         if not np.isfinite(w.x).all():
-            raise UserError(f"{self.where}: preprocessing leaves NaN in a window; add a `nan_policy` step first")
+            raise UserError(f"{self.where}: preprocessing leaves NaN or inf in a window; add a `nan_policy` step first")
         if self.output_length is None and w.x.shape[-1] != self.sensor_length:
             raise UserError(
                 f"{self.where}: windows have {w.x.shape[-1]} steps but data.sensor_length is {self.sensor_length}; "
@@ -268,8 +269,8 @@ class Pipeline:
 
 
 def _chunk_moments(x: np.ndarray, dead: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(mean, sum of squared deviations, count) per channel over live entries; NaN entries are skipped too."""
-    live = (~dead)[:, :, None] & ~np.isnan(x)
+    """(mean, sum of squared deviations, count) per channel over live entries; NaN and inf are skipped too."""
+    live = (~dead)[:, :, None] & np.isfinite(x)
     count = live.sum(axis=(0, 2)).astype(np.float64)
     xs = np.where(live, x, 0.0)
     mean = xs.sum(axis=(0, 2)) / np.maximum(count, 1.0)

@@ -8,6 +8,7 @@ centroids) lives in the model so it is checkpointed with it.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +16,43 @@ from torch import nn
 
 from detach_framework.contracts import DatasetSource
 from detach_framework.errors import PluginError
-from detach_framework.registry import Registry
+from detach_framework.registry import Component, Registry
+
+# Slots whose outputs are checked against their contract on every call (cheap: a few shape comparisons).
+SLOT_KINDS = {
+    "video_backbone": "video_backbone",
+    "video_head": "video_head",
+    "sensor_encoder": "sensor_encoder",
+    "video_temporal_head": "video_head",
+    "sensor_temporal_encoder": "sensor_encoder",
+}
+
+
+class OutputCheck:
+    """A forward hook: a component returning the wrong shape fails at once with a PluginError naming the
+    component, its plugin and distribution, instead of a shape error deep inside a loss."""
+
+    def __init__(self, slot: str, component: Component) -> None:
+        self.slot = slot
+        self.where = f"model.{slot} '{component.name}' from {component.origin}"
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        batch = args[0].shape[0] if args and isinstance(args[0], torch.Tensor) and args[0].dim() else None
+        if self.slot == "video_backbone":
+            expected = "[B, T, feature_dim, h, w]"
+            width = int(module.feature_dim)
+            ok = isinstance(output, torch.Tensor) and output.dim() == 5 and output.shape[2] == width
+        else:
+            expected = "[B, out_dim]"
+            width = int(module.out_dim)
+            ok = isinstance(output, torch.Tensor) and output.dim() == 2 and output.shape[1] == width
+        ok = ok and (batch is None or output.shape[0] == batch)
+        if not ok:
+            got = list(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+            raise PluginError(
+                f"{self.where} returned {got} for a batch of {batch}; its contract is {expected} "
+                f"with {'feature_dim' if self.slot == 'video_backbone' else 'out_dim'}={width}"
+            )
 
 
 class AlignmentModel(nn.Module):
@@ -51,6 +88,10 @@ class AlignmentModel(nn.Module):
             part = getattr(self, slot)
             if part is not None and (not isinstance(part, nn.Module) or not hasattr(part, "out_dim")):
                 raise PluginError(f"model.{slot} '{getattr(spec, slot).name}' must be an nn.Module with `out_dim`")
+        for slot, kind in SLOT_KINDS.items():
+            part = getattr(self, slot)
+            if isinstance(part, nn.Module):
+                part.register_forward_hook(OutputCheck(slot, registry.get(kind, getattr(spec, slot).name)))
         mean = torch.tensor(self.video_backbone.mean, dtype=torch.float32).view(1, 1, 3, 1, 1)
         std = torch.tensor(self.video_backbone.std, dtype=torch.float32).view(1, 1, 3, 1, 1)
         # Folded so that normalisation is one multiply-add: (x / 255 - mean) / std.

@@ -12,7 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from detach_framework.atomic import atomic_write_json, atomic_write_text
+from detach_framework.atomic import atomic_write_json, atomic_write_text, write_error
 from detach_framework.errors import UserError
 
 SPEC_FILE = "spec.yaml"
@@ -66,6 +66,10 @@ class RunDirectory:
         run = cls(path)
         run.checkpoints.mkdir(exist_ok=True)
         run.plots.mkdir(exist_ok=True)
+        if resume:  # a killed run leaves the temporary file of the write it was in: never read, just clutter
+            for folder in (run.path, run.checkpoints, run.plots):
+                for stale in folder.glob(".*.tmp"):
+                    stale.unlink(missing_ok=True)
         return run
 
     @classmethod
@@ -84,9 +88,12 @@ class RunDirectory:
     def log(self, record: dict[str, Any]) -> None:
         """Append one JSON line; a line is written whole and flushed so a killed run keeps its history."""
         line = json.dumps({"time": round(time.time(), 3), **record}, default=float) + "\n"
-        with open(self.metrics_file, "a", encoding="utf-8") as handle:
-            handle.write(line)
-            handle.flush()
+        try:
+            with open(self.metrics_file, "a", encoding="utf-8") as handle:
+                handle.write(line)
+                handle.flush()
+        except OSError as exc:  # a full disk: a cut line is skipped by read_metrics, earlier lines stay
+            raise write_error(self.metrics_file, exc, "append to") from None
 
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics_file.is_file():

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from detach_framework.contracts import DatasetSource
 from detach_framework.data.settings import DataSettings
 from detach_framework.engine import distributed
-from detach_framework.engine.checkpoint import load_checkpoint, save_checkpoint
+from detach_framework.engine.checkpoint import load_checkpoint, load_latest, save_checkpoint
 from detach_framework.engine.model import AlignmentModel
 from detach_framework.engine.rundir import RunDirectory
 from detach_framework.engine.seeding import (
@@ -233,10 +233,10 @@ class Trainer:
         }
 
     def _resume_position(self) -> tuple[Position, dict[str, Any] | None]:
-        path = self.run.checkpoints / LAST
-        if not path.is_file():
+        found = load_latest(self.run.checkpoints / LAST, map_location=self.device)  # last.prev.pt if damaged
+        if found is None:
             return Position(), None
-        state = load_checkpoint(path, map_location=self.device)
+        state, path = found
         if state.get("uid") != self.spec.uid:
             raise UserError(
                 f"{path}: written by spec uid {state.get('uid')}, but this spec's uid is {self.spec.uid}; "
@@ -252,7 +252,7 @@ class Trainer:
         if self.spec.runtime.tensorboard and self.is_main:
             self.tensorboard = _tensorboard_writer(self.run)
         pos, state = self._resume_position() if resume else (Position(), None)
-        if state is not None and self.is_main:
+        if resume and self.is_main:  # also with no checkpoint yet: a killed first epoch must not be logged twice
             self.run.truncate_metrics_after(pos.stage_index, pos.epochs_done)
         while pos.stage_index < len(self.spec.stages):
             stage = self.spec.stages[pos.stage_index]
@@ -281,9 +281,10 @@ class Trainer:
                 # Logged before the checkpoint: a kill in between is undone by truncation on resume.
                 self.run.log(record)
                 checkpoint = self._state(pos, aligner, optimizer)
-                save_checkpoint(self.run.checkpoints / LAST, checkpoint)
+                # Best before last: a kill between the two must not leave last.pt ahead of a stale best.pt.
                 if improved or "val_loss" not in record:
                     save_checkpoint(self.run.checkpoints / BEST, checkpoint)
+                save_checkpoint(self.run.checkpoints / LAST, checkpoint, keep_previous=True)
                 self._scalars(record, pos.global_step)
                 self.host.manager.hook.detach_after_epoch(stage=stage.name, epoch=pos.epochs_done, metrics=record)
             if self.is_main:

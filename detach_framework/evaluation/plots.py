@@ -6,8 +6,6 @@ switched and no figure is left registered in pyplot's state, so this is safe fro
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,24 +13,17 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from detach_framework.atomic import atomic_write
+
 # Beyond this many classes the cell text becomes unreadable; colours alone carry the matrix.
 ANNOTATE_MAX_CLASSES = 20
 
 
 def save_figure_atomic(fig: Figure, path: Path, *, dpi: int = 120) -> Path:
     """Write `fig` as PNG to a temp file beside `path`, then os.replace it: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format="png", dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    # atomic_write also fsyncs and turns a full disk into a one-line WriteError naming the file.
+    return atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=dpi))
 
 
 def plot_confusion_matrix(
