@@ -13,6 +13,16 @@ import numpy as np
 from sklearn.metrics import average_precision_score, f1_score, precision_recall_fscore_support
 
 
+def finite_matrix(x: np.ndarray, name: str, columns: str) -> np.ndarray:
+    """x as float64 [N, columns], refusing other ranks and non-finite values (`columns` names the width)."""
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be [N, {columns}], got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} holds non-finite values")
+    return arr
+
+
 def _as_labels(y: np.ndarray, name: str) -> np.ndarray:
     arr = np.asarray(y)
     if arr.ndim != 1:

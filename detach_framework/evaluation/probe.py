@@ -12,17 +12,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from detach_framework.evaluation.metrics import finite_matrix
+
 # Features whose train std is below this are constant: dividing by it would only amplify noise.
 _MIN_STD = 1e-8
-
-
-def _features(x: np.ndarray, name: str) -> np.ndarray:
-    arr = np.asarray(x, dtype=np.float64)
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must be [N, P], got shape {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} holds non-finite values")
-    return arr
 
 
 def linear_probe(
@@ -43,7 +36,7 @@ def linear_probe(
     With `standardize`, features are centred and scaled with the TRAIN mean/std (test statistics
     never leak into the probe); constant train features are only centred.
     """
-    xtr, xte = _features(train_x, "train_x"), _features(test_x, "test_x")
+    xtr, xte = finite_matrix(train_x, "train_x", "P"), finite_matrix(test_x, "test_x", "P")
     ytr = np.asarray(train_y)
     if ytr.ndim != 1 or ytr.shape[0] != xtr.shape[0]:
         raise ValueError(f"train_y must be [N] with N={xtr.shape[0]}, got shape {ytr.shape}")

@@ -13,15 +13,13 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from detach_framework.evaluation.metrics import finite_matrix
+
 DEFAULT_TIE_TOL = 1e-9
 
 
 def _normalise(x: np.ndarray, name: str) -> np.ndarray:
-    arr = np.asarray(x, dtype=np.float64)
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must be [N, E], got shape {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} holds non-finite values")
+    arr = finite_matrix(x, name, "E")
     # Renormalise so the ranking is cosine even if the inputs drifted from unit length.
     norms = np.linalg.norm(arr, axis=1, keepdims=True)
     return arr / np.maximum(norms, 1e-12)
