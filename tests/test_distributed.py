@@ -104,19 +104,20 @@ def test_two_processes_equal_one_process_on_the_global_batch(tmp_path, method):
             assert torch.allclose(result["grads"][name], grad, atol=1e-5), name
 
 
+TORCHRUN = [
+    sys.executable,
+    "-m",
+    "torch.distributed.run",
+    "--standalone",
+    "--nproc_per_node=2",
+    "-m",
+    "detach_framework",
+]
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
 def torchrun(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "detach_framework",
-        *args,
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run([*TORCHRUN, *args], capture_output=True, text=True, timeout=timeout, env=ONE_THREAD)
 
 
 def test_two_process_detach_run_keeps_ranks_in_sync_and_resumes(tmp_path):
@@ -133,22 +134,10 @@ def test_two_process_detach_run_keeps_ranks_in_sync_and_resumes(tmp_path):
     path.write_text(yaml.safe_dump(spec))
     run = tmp_path / "run"
     # Start, kill the whole launcher once the first epoch is checkpointed, then resume.
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "detach_framework",
-        "train",
-        str(path),
-        "--run-dir",
-        str(run),
-    ]
+    command = [*TORCHRUN, "train", str(path), "--run-dir", str(run)]
     process = subprocess.Popen(
         command,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        env=ONE_THREAD,
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
