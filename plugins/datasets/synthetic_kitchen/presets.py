@@ -29,6 +29,11 @@ class Knobs:
     fixture_motion_px: float
     speed_spread: float
     amplitude_spread: float
+    max_hold_s: float
+    handling_gain: float
+    baseline_wander_gain: float
+    min_open_extent: float
+    ajar_prob: float
 
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)
@@ -55,6 +60,11 @@ _NUISANCE = dict(
     fixture_motion_px=2.0,
     speed_spread=0.15,
     amplitude_spread=0.2,
+    max_hold_s=2.5,
+    handling_gain=0.0,
+    baseline_wander_gain=0.0,
+    min_open_extent=1.0,
+    ajar_prob=0.0,
 )
 PRESETS: dict[str, Knobs] = {
     "tiny": Knobs(subjects=3, recordings_per_subject=2, recording_seconds=24.0, **_NUISANCE),
@@ -112,6 +122,38 @@ class SyntheticKitchenParams(ComponentParams):
     )
     amplitude_spread: float | None = Field(
         None, ge=0.0, le=1.0, description="Log-std of the per-subject acceleration amplitude factor."
+    )
+    max_hold_s: float | None = Field(
+        None,
+        ge=0.4,
+        description="A fixture is held open U(0.4, max) seconds (divided by the subject's speed) between its "
+        "open and close.",
+    )
+    handling_gain: float | None = Field(
+        None,
+        ge=0.0,
+        description="Knocks on a held-open fixture's accelerometer while the hand works inside, in units of "
+        "an action's peak (0: none).",
+    )
+    baseline_wander_gain: float | None = Field(
+        None,
+        ge=0.0,
+        description="Slow baseline wander of every accelerometer (bias drift, 0.03-0.3 Hz), std in units of "
+        "an action's peak (0: none).",
+    )
+    min_open_extent: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="Each visit opens its fixture to U(min_open_extent, 1) of fully open (1: always fully); a "
+        "shallow open moves less and may leave the upper reed switches untripped.",
+    )
+    ajar_prob: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Probability that a close leaves its fixture ajar (extent 0.2-0.35, the first of three reed "
+        "switches still on) until the fixture's next visit.",
     )
     root: str | None = Field(
         None,

@@ -39,6 +39,14 @@ REACH_RAMP_S = 0.25
 # fixture is held open: the person keeps moving far more than the fixture does, even mid-action (P1).
 LEAN = 0.04  # frame widths at mid-action
 RUMMAGE = 0.05  # frame widths
+# A fixture stays open at least this long (seconds at speed 1); knobs.max_hold_s bounds it above.
+MIN_HOLD_S = 0.4
+# How often the rummaging hand knocks a held-open fixture (Poisson rate).
+HANDLING_JOLTS_PER_S = 1.5
+# Extent a fixture left ajar rests at: enough to keep a 3-switch fixture's first reed switch (0.15) on.
+AJAR_EXTENT = (0.2, 0.35)
+# Frequency band (Hz) of the accelerometers' baseline wander: slower than any action.
+WANDER_HZ = (0.03, 0.3)
 
 
 @dataclass
@@ -59,6 +67,8 @@ class Recording:
     open_dur: np.ndarray  # [V]
     close_on: np.ndarray  # [V]
     close_dur: np.ndarray  # [V]
+    open_extent: np.ndarray  # [V] how far each visit opens its fixture (1: fully)
+    rest_extent: np.ndarray  # [V] where each visit's close leaves it (0: shut; above: left ajar)
     kf_t: np.ndarray  # [K] person keyframes: time, feet x, feet y, path length walked so far
     kf_x: np.ndarray
     kf_y: np.ndarray
@@ -129,9 +139,10 @@ def _generate_recording(
 ) -> Recording:
     # Separate streams per concern, so e.g. switching NaN bursts off leaves the timeline unchanged.
     ss = np.random.SeedSequence([_seed_entropy(seed), 2, subject, index])
-    timeline_rng, sensor_rng, nan_rng, video_rng = (np.random.default_rng(s) for s in ss.spawn(4))
+    streams = (np.random.default_rng(s) for s in ss.spawn(6))
+    timeline_rng, sensor_rng, nan_rng, video_rng, handling_rng, extent_rng = streams
     duration = float(knobs.recording_seconds)
-    visits, keyframes = _timeline(timeline_rng, activity, duration, speed)
+    visits, keyframes = _timeline(timeline_rng, activity, duration, speed, knobs.max_hold_s)
     rec = Recording(
         rec_id=rec_id,
         subject=subject,
@@ -146,6 +157,8 @@ def _generate_recording(
         open_dur=np.asarray([v[2] for v in visits], np.float64),
         close_on=np.asarray([v[3] for v in visits], np.float64),
         close_dur=np.asarray([v[4] for v in visits], np.float64),
+        open_extent=np.zeros(0),
+        rest_extent=np.zeros(0),
         kf_t=keyframes[:, 0].copy(),
         kf_x=keyframes[:, 1].copy(),
         kf_y=keyframes[:, 2].copy(),
@@ -156,12 +169,13 @@ def _generate_recording(
         jitter_freq=video_rng.uniform(0.5, 6.0, (2, 3)),
         jitter_phase=video_rng.uniform(0, 2 * np.pi, (2, 3)),
     )
-    rec.sensor = synthesize_sensor(rec, knobs, sensor_rng, nan_rng)
+    rec.open_extent, rec.rest_extent = _extents(extent_rng, knobs, len(visits))
+    rec.sensor = synthesize_sensor(rec, knobs, sensor_rng, nan_rng, handling_rng)
     return rec
 
 
 def _timeline(
-    rng: np.random.Generator, activity: int, duration: float, speed: float
+    rng: np.random.Generator, activity: int, duration: float, speed: float, max_hold_s: float
 ) -> tuple[list[tuple[int, float, float, float, float]], np.ndarray]:
     """Visits (fixture, open onset, open duration, close onset, close duration) and person keyframes."""
     script = [FIXTURE_NAMES.index(name) for name in ACTIVITIES[activity][1]]
@@ -197,7 +211,7 @@ def _timeline(
         spot = (FIXTURES[fixture].spot + rng.normal(0.0, 0.015), VISIT_FEET_Y)
         approach = rng.uniform(0.3, 0.8)  # the arm reaches out during the last REACH_RAMP_S of it
         open_dur = ACTION_SECONDS / speed * rng.uniform(0.85, 1.15)
-        hold = rng.uniform(0.4, 2.5) / speed
+        hold = rng.uniform(MIN_HOLD_S, max(max_hold_s, MIN_HOLD_S)) / speed
         close_dur = ACTION_SECONDS / speed * rng.uniform(0.85, 1.15)
         linger = rng.uniform(0.3, 1.0)
         start = (x, y) if idle is None else idle
@@ -221,34 +235,63 @@ def _timeline(
     return visits, np.asarray(keyframes, np.float64)
 
 
-def visit_extent(times: np.ndarray, open_on: float, open_dur: float, close_on: float, close_dur: float):
-    """Opening extent of one visit's fixture at the given times: open template, held open, close template."""
-    extent = np.zeros_like(times, dtype=np.float64)
-    opening = (times >= open_on) & (times < open_on + open_dur)
-    extent[opening] = template_extent(OPEN, (times[opening] - open_on) / open_dur)
-    extent[(times >= open_on + open_dur) & (times < close_on)] = 1.0
-    closing = (times >= close_on) & (times <= close_on + close_dur)
-    extent[closing] = template_extent(CLOSE, (times[closing] - close_on) / close_dur)
-    return extent
+def _extents(rng: np.random.Generator, knobs: Knobs, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per visit: how far it opens its fixture, and where its close leaves it: shut, or (with probability
+    knobs.ajar_prob) ajar at AJAR_EXTENT until the fixture's next visit opens it again from there."""
+    opened = rng.uniform(knobs.min_open_extent, 1.0, count)
+    ajar = rng.random(count) < knobs.ajar_prob
+    rest = np.where(ajar, rng.uniform(*AJAR_EXTENT, count), 0.0)
+    return opened, np.minimum(rest, 0.5 * opened)
+
+
+@dataclass(frozen=True)
+class Move:
+    """One fixture moving from extent `start` to `end` along the shared template."""
+
+    fixture: int
+    onset: float
+    duration: float
+    start: float
+    end: float
+
+    @property
+    def kind(self) -> int:
+        return OPEN if self.end > self.start else CLOSE
+
+
+def fixture_moves(rec: Recording) -> list[Move]:
+    """Every open and close in onset order; an open starts where the fixture's previous close left it."""
+    moves: list[Move] = []
+    level: dict[int, float] = {}
+    for v, f in enumerate(rec.visit_fixture.tolist()):
+        opened, rest = float(rec.open_extent[v]), float(rec.rest_extent[v])
+        moves.append(Move(f, float(rec.open_on[v]), float(rec.open_dur[v]), level.get(f, 0.0), opened))
+        moves.append(Move(f, float(rec.close_on[v]), float(rec.close_dur[v]), opened, rest))
+        level[f] = rest
+    return moves  # visits never overlap, so this is onset order
 
 
 def fixture_extents(rec: Recording, times: np.ndarray) -> np.ndarray:
     """[len(times), F] opening extent of every fixture."""
     out = np.zeros((len(times), NUM_FIXTURES))
-    for v in range(len(rec.visit_fixture)):
-        lo, hi = rec.open_on[v], rec.close_on[v] + rec.close_dur[v]
-        if times.size and (times.max() < lo or times.min() > hi):
-            continue
-        out[:, rec.visit_fixture[v]] += visit_extent(
-            times, rec.open_on[v], rec.open_dur[v], rec.close_on[v], rec.close_dur[v]
-        )
+    for m in fixture_moves(rec):  # in onset order: each move sets its fixture's extent from then on
+        during = (times >= m.onset) & (times <= m.onset + m.duration)
+        lo, hi = min(m.start, m.end), max(m.start, m.end)
+        tau = (times[during] - m.onset) / m.duration
+        out[during, m.fixture] = lo + (hi - lo) * template_extent(m.kind, tau)
+        out[times > m.onset + m.duration, m.fixture] = m.end
     return out
 
 
 def synthesize_sensor(
-    rec: Recording, knobs: Knobs, rng: np.random.Generator, nan_rng: np.random.Generator
+    rec: Recording,
+    knobs: Knobs,
+    rng: np.random.Generator,
+    nan_rng: np.random.Generator,
+    handling_rng: np.random.Generator,
 ) -> np.ndarray:
-    """The raw [C, N] stream: reed levels, fixture accelerations with cross-talk, footsteps, noise, NaN."""
+    """The raw [C, N] stream: reed levels, fixture accelerations with cross-talk, handling jolts, footsteps,
+    noise, NaN."""
     layout = channel_layout()
     n = int(round(rec.duration * SENSOR_RATE_HZ))
     t = np.arange(n) / SENSOR_RATE_HZ
@@ -262,15 +305,27 @@ def synthesize_sensor(
     for f, chans in layout.reed.items():
         for j, threshold in enumerate(REED_THRESHOLDS[len(chans)]):
             sig[chans[j]] = (extents[:, f] > threshold).astype(np.float64)
-    onset, dur, fixture, kind = rec.actions()
-    for on, d, f, k in zip(onset, dur, fixture, kind, strict=True):
-        strength = rec.amplitude * rng.uniform(0.85, 1.15)
-        accel = strength * template_accel(int(k), (t - on) / d)
-        sig[layout.accel[f]] += axes[f][:, None] * accel
+
+    def shake(f: int, direction: np.ndarray, accel: np.ndarray) -> None:
+        """Fixture f moves along `direction`; its neighbours feel it along their own axes."""
+        sig[layout.accel[f]] += direction[:, None] * accel
         for g in range(NUM_FIXTURES):
             if g != f and knobs.crosstalk_gain * cross[f, g] > 1e-4:
                 sig[layout.accel[g]] += knobs.crosstalk_gain * cross[f, g] * axes[g][:, None] * accel
+
+    for m in fixture_moves(rec):  # acceleration scales with the distance moved
+        strength = rec.amplitude * abs(m.end - m.start) * rng.uniform(0.85, 1.15)
+        shake(m.fixture, axes[m.fixture], strength * template_accel(m.kind, (t - m.onset) / m.duration))
+    if knobs.handling_gain > 0:
+        for f, times in _handling_jolts(rec, handling_rng):
+            for at in times:
+                direction = handling_rng.standard_normal(3)
+                strength = knobs.handling_gain * rec.amplitude * handling_rng.uniform(0.5, 1.0)
+                shake(f, direction / np.linalg.norm(direction), strength * _jolt(t - at))
     _add_footsteps(sig, rec, t, knobs.walking_vibration_gain, layout.accel, rng)
+    if knobs.baseline_wander_gain > 0:
+        for chans in layout.accel.values():
+            sig[chans] += knobs.baseline_wander_gain * _wander(t, len(chans), handling_rng)
     sig += knobs.sensor_noise_std * rng.standard_normal(sig.shape)
     for group in layout.groups:  # packet loss drops a whole sensor node at once
         for _ in range(nan_rng.poisson(knobs.nan_burst_rate * rec.duration / 60.0)):
@@ -279,6 +334,39 @@ def synthesize_sensor(
             i0, i1 = int(start * SENSOR_RATE_HZ), int((start + length) * SENSOR_RATE_HZ) + 1
             sig[np.ix_(group, np.arange(i0, min(i1, n)))] = np.nan
     return sig.astype(np.float32)
+
+
+def _handling_jolts(rec: Recording, rng: np.random.Generator) -> list[tuple[int, np.ndarray]]:
+    """(fixture, jolt times) per visit: while a fixture is held open the hand takes things out and puts
+    them back, knocking it (the rummaging the video shows), so its channels fire outside the actions too."""
+    out = []
+    for v, f in enumerate(rec.visit_fixture):
+        start, end = rec.open_on[v] + rec.open_dur[v], rec.close_on[v]
+        count = rng.poisson(HANDLING_JOLTS_PER_S * max(end - start, 0.0))
+        out.append((int(f), np.sort(rng.uniform(start, end, count))))
+    return out
+
+
+def _ring(dt: np.ndarray) -> np.ndarray:
+    return np.exp(-dt / 0.08) * np.sin(2 * np.pi * 6.0 * dt + 0.5)
+
+
+JOLT_SECONDS = 0.5
+_JOLT_PEAK = float(np.abs(_ring(np.linspace(0.0, JOLT_SECONDS, 1001))).max())
+
+
+def _jolt(dt: np.ndarray) -> np.ndarray:
+    """One knock (peak 1) at dt = 0: a damped ~6 Hz ring, about as long as an action's pull."""
+    inside = (dt >= 0.0) & (dt < JOLT_SECONDS)
+    return np.where(inside, _ring(np.clip(dt, 0.0, JOLT_SECONDS)) / _JOLT_PEAK, 0.0)
+
+
+def _wander(t: np.ndarray, channels: int, rng: np.random.Generator) -> np.ndarray:
+    """[channels, len(t)] slow baseline wander of an accelerometer (bias drift with temperature, the mount
+    settling): a sum of slow sines, unit std per channel."""
+    freq = rng.uniform(WANDER_HZ[0], WANDER_HZ[1], (channels, 4, 1))
+    phase = rng.uniform(0.0, 2 * np.pi, (channels, 4, 1))
+    return np.sin(2 * np.pi * freq * t + phase).sum(axis=1) / np.sqrt(2.0)
 
 
 def _add_footsteps(

@@ -22,7 +22,7 @@ from .presets import Knobs
 from .scene import Recording
 
 FORMAT = "detach-synthetic-kitchen"
-VERSION = 1
+VERSION = 2  # 2: per-visit open and rest extents
 MANIFEST = "manifest.json"
 
 
