@@ -362,10 +362,11 @@ KNOB_CHANGES = {
     "speed_spread": 0.5,
     "amplitude_spread": 0.6,
     "max_hold_s": 6.0,
-    "handling_gain": 0.8,
+    "handling_depth": 0.4,
     "baseline_wander_gain": 0.3,
     "min_open_extent": 0.3,
     "ajar_prob": 0.8,
+    "reed_dropout_prob": 0.5,
 }
 
 

@@ -41,10 +41,12 @@ LEAN = 0.04  # frame widths at mid-action
 RUMMAGE = 0.05  # frame widths
 # A fixture stays open at least this long (seconds at speed 1); knobs.max_hold_s bounds it above.
 MIN_HOLD_S = 0.4
-# How often the rummaging hand knocks a held-open fixture (Poisson rate).
-HANDLING_JOLTS_PER_S = 1.5
-# Extent a fixture left ajar rests at: enough to keep a 3-switch fixture's first reed switch (0.15) on.
-AJAR_EXTENT = (0.2, 0.35)
+# While a fixture is held open the rummaging hand nudges it in and back out (Poisson rate, seconds each way).
+NUDGES_PER_S = 1.0
+NUDGE_S = 0.3  # in, then the same back out
+# Extent a fixture left ajar rests at: a 3-switch fixture's first reed switch (0.15) stays on, the second
+# (0.5) sometimes, drawer 1's single one (0.5) sometimes.
+AJAR_EXTENT = (0.2, 0.6)
 # Frequency band (Hz) of the accelerometers' baseline wander: slower than any action.
 WANDER_HZ = (0.03, 0.3)
 
@@ -69,6 +71,9 @@ class Recording:
     close_dur: np.ndarray  # [V]
     open_extent: np.ndarray  # [V] how far each visit opens its fixture (1: fully)
     rest_extent: np.ndarray  # [V] where each visit's close leaves it (0: shut; above: left ajar)
+    nudge_visit: np.ndarray  # [M] int64 visit during whose hold the hand pushes its fixture in a little
+    nudge_on: np.ndarray  # [M] onset of each nudge (in for NUDGE_S, back out for NUDGE_S)
+    nudge_depth: np.ndarray  # [M] how far in, in extent units
     kf_t: np.ndarray  # [K] person keyframes: time, feet x, feet y, path length walked so far
     kf_x: np.ndarray
     kf_y: np.ndarray
@@ -140,7 +145,7 @@ def _generate_recording(
     # Separate streams per concern, so e.g. switching NaN bursts off leaves the timeline unchanged.
     ss = np.random.SeedSequence([_seed_entropy(seed), 2, subject, index])
     streams = (np.random.default_rng(s) for s in ss.spawn(6))
-    timeline_rng, sensor_rng, nan_rng, video_rng, handling_rng, extent_rng = streams
+    timeline_rng, sensor_rng, nan_rng, video_rng, wander_rng, extent_rng = streams
     duration = float(knobs.recording_seconds)
     visits, keyframes = _timeline(timeline_rng, activity, duration, speed, knobs.max_hold_s)
     rec = Recording(
@@ -159,6 +164,9 @@ def _generate_recording(
         close_dur=np.asarray([v[4] for v in visits], np.float64),
         open_extent=np.zeros(0),
         rest_extent=np.zeros(0),
+        nudge_visit=np.zeros(0, np.int64),
+        nudge_on=np.zeros(0),
+        nudge_depth=np.zeros(0),
         kf_t=keyframes[:, 0].copy(),
         kf_x=keyframes[:, 1].copy(),
         kf_y=keyframes[:, 2].copy(),
@@ -170,7 +178,8 @@ def _generate_recording(
         jitter_phase=video_rng.uniform(0, 2 * np.pi, (2, 3)),
     )
     rec.open_extent, rec.rest_extent = _extents(extent_rng, knobs, len(visits))
-    rec.sensor = synthesize_sensor(rec, knobs, sensor_rng, nan_rng, handling_rng)
+    rec.nudge_visit, rec.nudge_on, rec.nudge_depth = _nudges(extent_rng, knobs.handling_depth, rec)
+    rec.sensor = synthesize_sensor(rec, knobs, sensor_rng, nan_rng, wander_rng)
     return rec
 
 
@@ -259,13 +268,35 @@ class Move:
         return OPEN if self.end > self.start else CLOSE
 
 
+def _nudges(rng: np.random.Generator, max_depth: float, rec: Recording) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(visit, onset, depth) of the nudges during every hold: Poisson times, at least one nudge apart."""
+    visit, onset = [], []
+    for v in range(len(rec.visit_fixture)):
+        begin, end = rec.open_on[v] + rec.open_dur[v], rec.close_on[v] - 2 * NUDGE_S
+        if max_depth <= 0 or end <= begin:
+            continue
+        last = -np.inf
+        for at in np.sort(rng.uniform(begin, end, rng.poisson(NUDGES_PER_S * (end - begin)))):
+            if at >= last + 2 * NUDGE_S:
+                visit.append(v)
+                onset.append(at)
+                last = at
+    depth = rng.uniform(0.3, 1.0, len(onset)) * max_depth
+    return np.asarray(visit, np.int64), np.asarray(onset, np.float64), np.minimum(depth, rec.open_extent[visit])
+
+
 def fixture_moves(rec: Recording) -> list[Move]:
-    """Every open and close in onset order; an open starts where the fixture's previous close left it."""
+    """Every open, nudge and close in onset order; an open starts where the fixture's previous close left
+    it. Only opens and closes are labelled actions."""
     moves: list[Move] = []
     level: dict[int, float] = {}
     for v, f in enumerate(rec.visit_fixture.tolist()):
         opened, rest = float(rec.open_extent[v]), float(rec.rest_extent[v])
         moves.append(Move(f, float(rec.open_on[v]), float(rec.open_dur[v]), level.get(f, 0.0), opened))
+        mine = rec.nudge_visit == v
+        for at, depth in zip(rec.nudge_on[mine], rec.nudge_depth[mine], strict=True):
+            moves.append(Move(f, float(at), NUDGE_S, opened, opened - float(depth)))
+            moves.append(Move(f, float(at) + NUDGE_S, NUDGE_S, opened - float(depth), opened))
         moves.append(Move(f, float(rec.close_on[v]), float(rec.close_dur[v]), opened, rest))
         level[f] = rest
     return moves  # visits never overlap, so this is onset order
@@ -288,9 +319,9 @@ def synthesize_sensor(
     knobs: Knobs,
     rng: np.random.Generator,
     nan_rng: np.random.Generator,
-    handling_rng: np.random.Generator,
+    wander_rng: np.random.Generator,
 ) -> np.ndarray:
-    """The raw [C, N] stream: reed levels, fixture accelerations with cross-talk, handling jolts, footsteps,
+    """The raw [C, N] stream: reed levels, fixture accelerations with cross-talk, footsteps, baseline wander,
     noise, NaN."""
     layout = channel_layout()
     n = int(round(rec.duration * SENSOR_RATE_HZ))
@@ -316,16 +347,10 @@ def synthesize_sensor(
     for m in fixture_moves(rec):  # acceleration scales with the distance moved
         strength = rec.amplitude * abs(m.end - m.start) * rng.uniform(0.85, 1.15)
         shake(m.fixture, axes[m.fixture], strength * template_accel(m.kind, (t - m.onset) / m.duration))
-    if knobs.handling_gain > 0:
-        for f, times in _handling_jolts(rec, handling_rng):
-            for at in times:
-                direction = handling_rng.standard_normal(3)
-                strength = knobs.handling_gain * rec.amplitude * handling_rng.uniform(0.5, 1.0)
-                shake(f, direction / np.linalg.norm(direction), strength * _jolt(t - at))
     _add_footsteps(sig, rec, t, knobs.walking_vibration_gain, layout.accel, rng)
     if knobs.baseline_wander_gain > 0:
         for chans in layout.accel.values():
-            sig[chans] += knobs.baseline_wander_gain * _wander(t, len(chans), handling_rng)
+            sig[chans] += knobs.baseline_wander_gain * _wander(t, len(chans), wander_rng)
     sig += knobs.sensor_noise_std * rng.standard_normal(sig.shape)
     for group in layout.groups:  # packet loss drops a whole sensor node at once
         for _ in range(nan_rng.poisson(knobs.nan_burst_rate * rec.duration / 60.0)):
@@ -333,32 +358,10 @@ def synthesize_sensor(
             length = nan_rng.uniform(0.3, 3.0)
             i0, i1 = int(start * SENSOR_RATE_HZ), int((start + length) * SENSOR_RATE_HZ) + 1
             sig[np.ix_(group, np.arange(i0, min(i1, n)))] = np.nan
+    for chans in layout.reed.values():  # a reed node with a flat battery sends nothing all recording
+        if wander_rng.random() < knobs.reed_dropout_prob:
+            sig[chans] = np.nan
     return sig.astype(np.float32)
-
-
-def _handling_jolts(rec: Recording, rng: np.random.Generator) -> list[tuple[int, np.ndarray]]:
-    """(fixture, jolt times) per visit: while a fixture is held open the hand takes things out and puts
-    them back, knocking it (the rummaging the video shows), so its channels fire outside the actions too."""
-    out = []
-    for v, f in enumerate(rec.visit_fixture):
-        start, end = rec.open_on[v] + rec.open_dur[v], rec.close_on[v]
-        count = rng.poisson(HANDLING_JOLTS_PER_S * max(end - start, 0.0))
-        out.append((int(f), np.sort(rng.uniform(start, end, count))))
-    return out
-
-
-def _ring(dt: np.ndarray) -> np.ndarray:
-    return np.exp(-dt / 0.08) * np.sin(2 * np.pi * 6.0 * dt + 0.5)
-
-
-JOLT_SECONDS = 0.5
-_JOLT_PEAK = float(np.abs(_ring(np.linspace(0.0, JOLT_SECONDS, 1001))).max())
-
-
-def _jolt(dt: np.ndarray) -> np.ndarray:
-    """One knock (peak 1) at dt = 0: a damped ~6 Hz ring, about as long as an action's pull."""
-    inside = (dt >= 0.0) & (dt < JOLT_SECONDS)
-    return np.where(inside, _ring(np.clip(dt, 0.0, JOLT_SECONDS)) / _JOLT_PEAK, 0.0)
 
 
 def _wander(t: np.ndarray, channels: int, rng: np.random.Generator) -> np.ndarray:

@@ -1,0 +1,152 @@
+"""The synthetic kitchen's sensor-side nuisances that make "which channels fire" need temporal evidence:
+long holds, nudges while held open, shallow opens, fixtures left ajar, reed nodes that drop out and the
+accelerometers' slow baseline wander. Each is checked on the raw streams with everything else switched off."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from detach_framework.data.settings import DataSettings
+from detach_plugins.datasets.synthetic_kitchen import SyntheticKitchenParams, build_synthetic_kitchen
+from detach_plugins.datasets.synthetic_kitchen.layout import FIXTURES, REED_THRESHOLDS, SENSOR_RATE_HZ, channel_layout
+from detach_plugins.datasets.synthetic_kitchen.scene import (
+    AJAR_EXTENT,
+    MIN_HOLD_S,
+    NUDGE_S,
+    WANDER_HZ,
+    fixture_extents,
+)
+
+DATA = DataSettings(frames=2, frame_size=16, sensor_length=32, seed=11)
+QUIET = dict(
+    sensor_noise_std=0.0,
+    crosstalk_gain=0.0,
+    walking_vibration_gain=0.0,
+    nan_burst_rate=0.0,
+    amplitude_spread=0.0,
+)
+LAYOUT = channel_layout()
+
+
+def kitchen(**knobs):
+    params = SyntheticKitchenParams(preset="tiny", recording_seconds=60.0, **{**QUIET, **knobs})
+    return build_synthetic_kitchen(params, DATA)
+
+
+def times_of(rec) -> np.ndarray:
+    return np.arange(rec.sensor.shape[1]) / SENSOR_RATE_HZ
+
+
+def motion(rec) -> np.ndarray:
+    """The accelerometer channels without gravity: what the fixtures' movements add."""
+    out = rec.sensor[np.concatenate(list(LAYOUT.accel.values()))].astype(np.float64)
+    gravity = np.concatenate([np.asarray(FIXTURES[f].gravity) for f in LAYOUT.accel])
+    return out - gravity[:, None]
+
+
+@pytest.fixture(scope="module")
+def plain():
+    return kitchen()
+
+
+def same_labels(a, b) -> bool:
+    return all(np.array_equal(a.split(s).labels, b.split(s).labels) for s in ("train", "val", "test"))
+
+
+def test_defaults_switch_every_new_nuisance_off(plain):
+    for rec in plain.recordings:
+        assert np.all(rec.open_extent == 1.0) and np.all(rec.rest_extent == 0.0) and len(rec.nudge_on) == 0
+        hold = rec.close_on - (rec.open_on + rec.open_dur)
+        assert np.all(hold >= MIN_HOLD_S / rec.speed - 1e-9) and np.all(hold <= 2.5 / rec.speed + 1e-9)
+
+
+def test_holds_last_up_to_max_hold_s():
+    long = kitchen(max_hold_s=9.0)
+    holds = np.concatenate([(r.close_on - r.open_on - r.open_dur) * r.speed for r in long.recordings])
+    assert holds.max() <= 9.0 + 1e-9 and holds.max() > 2.5  # the default bound is exceeded, the new one kept
+
+
+def test_a_fixture_left_ajar_keeps_its_first_reed_on_until_its_next_open(plain):
+    ajar = kitchen(ajar_prob=1.0)
+    assert same_labels(plain, ajar)  # an unlabelled state: timelines and labels are unchanged
+    checked = 0
+    for rec in ajar.recordings:
+        t = times_of(rec)
+        extents = fixture_extents(rec, t)
+        for v, f in enumerate(rec.visit_fixture):
+            rest = rec.rest_extent[v]
+            assert AJAR_EXTENT[0] <= rest <= AJAR_EXTENT[1]
+            later = np.flatnonzero(rec.visit_fixture[v + 1 :] == f)
+            until = rec.open_on[v + 1 + later[0]] if len(later) else rec.duration
+            between = (t > rec.close_on[v] + rec.close_dur[v] + 0.05) & (t < until - 0.05)
+            np.testing.assert_allclose(extents[between, f], rest)
+            for c, threshold in zip(LAYOUT.reed.get(f, []), REED_THRESHOLDS.get(FIXTURES[f].reeds, ()), strict=True):
+                if between.any():
+                    assert np.all(rec.sensor[c, between] == float(rest > threshold))
+                    checked += rest > threshold
+    assert checked >= 3
+
+
+def test_shallow_opens_move_less_and_leave_upper_reeds_untripped(plain):
+    shallow = kitchen(min_open_extent=0.2)
+    assert same_labels(plain, shallow)
+    for full, rec in zip(plain.recordings, shallow.recordings, strict=True):
+        t = times_of(rec)
+        extents = fixture_extents(rec, t)
+        for v, f in enumerate(rec.visit_fixture):
+            visit = (t >= rec.open_on[v]) & (t <= rec.close_on[v] + rec.close_dur[v])
+            assert extents[visit, f].max() == pytest.approx(rec.open_extent[v], abs=1e-6)
+            for c, threshold in zip(LAYOUT.reed.get(f, []), REED_THRESHOLDS.get(FIXTURES[f].reeds, ()), strict=True):
+                assert rec.sensor[c, visit].max() == float(rec.open_extent[v] > threshold)
+            # Same time, a fraction of the distance: the acceleration scales by that fraction.
+            opening = (t >= rec.open_on[v]) & (t <= rec.open_on[v] + rec.open_dur[v])
+            expected = rec.open_extent[v] * motion(full)[:, opening]
+            np.testing.assert_allclose(motion(rec)[:, opening], expected, atol=1e-5)
+
+
+def test_nudges_happen_while_held_open_and_are_not_labelled(plain):
+    nudged = kitchen(handling_depth=0.4, max_hold_s=6.0)
+    assert same_labels(kitchen(max_hold_s=6.0), nudged)
+    count = 0
+    for rec in nudged.recordings:
+        t = times_of(rec)
+        for v in np.unique(rec.nudge_visit):
+            on = np.sort(rec.nudge_on[rec.nudge_visit == v])
+            assert on[0] >= rec.open_on[v] + rec.open_dur[v] and on[-1] + 2 * NUDGE_S <= rec.close_on[v]
+            assert np.all(np.diff(on) >= 2 * NUDGE_S - 1e-9)
+        for v, at, depth in zip(rec.nudge_visit, rec.nudge_on, rec.nudge_depth, strict=True):
+            assert 0.0 < depth <= 0.4
+            f = rec.visit_fixture[v]
+            deepest = fixture_extents(rec, np.array([at + NUDGE_S]))[0, f]
+            assert deepest == pytest.approx(rec.open_extent[v] - depth, abs=1e-6)
+            during = (t > at) & (t < at + 2 * NUDGE_S)
+            assert np.abs(motion(rec)[:, during]).max() > 0.1 * depth  # the accelerometer feels it
+            count += 1
+    assert count >= 10
+
+
+def test_baseline_wander_is_slow_and_only_on_accelerometers(plain):
+    gain = 0.5
+    wandering = kitchen(baseline_wander_gain=gain)
+    accel = np.zeros(len(LAYOUT.names), bool)
+    accel[np.concatenate(list(LAYOUT.accel.values()))] = True
+    for base, rec in zip(plain.recordings, wandering.recordings, strict=True):
+        added = rec.sensor.astype(np.float64) - base.sensor
+        assert np.all(added[~accel] == 0.0)
+        wander = added[accel]
+        assert 0.3 * gain < wander.std() < 2.0 * gain
+        power = np.abs(np.fft.rfft(wander - wander.mean(axis=1, keepdims=True), axis=1)) ** 2
+        freq = np.fft.rfftfreq(wander.shape[1], 1.0 / SENSOR_RATE_HZ)
+        assert power[:, freq > 3 * WANDER_HZ[1]].sum() < 0.01 * power.sum()  # slower than any action
+
+
+@pytest.mark.parametrize("prob", [0.0, 1.0])
+def test_reed_dropout_silences_whole_reed_nodes(prob):
+    dropped = kitchen(reed_dropout_prob=prob)
+    reed = np.concatenate(list(LAYOUT.reed.values()))
+    for rec in dropped.recordings:
+        assert np.isnan(rec.sensor[reed]).all() == (prob == 1.0)
+        assert not np.isnan(np.delete(rec.sensor, reed, axis=0)).any()
+    # The windows still load: the NaN policy flags the dead channels and zeroes them.
+    assert np.isfinite(dropped.split("train").sensor).all()
