@@ -145,7 +145,7 @@ def _generate_recording(
     # Separate streams per concern, so e.g. switching NaN bursts off leaves the timeline unchanged.
     ss = np.random.SeedSequence([_seed_entropy(seed), 2, subject, index])
     streams = (np.random.default_rng(s) for s in ss.spawn(6))
-    timeline_rng, sensor_rng, nan_rng, video_rng, wander_rng, extent_rng = streams
+    timeline_rng, sensor_rng, nan_rng, video_rng, node_rng, extent_rng = streams
     duration = float(knobs.recording_seconds)
     visits, keyframes = _timeline(timeline_rng, activity, duration, speed, knobs.max_hold_s)
     rec = Recording(
@@ -179,7 +179,7 @@ def _generate_recording(
     )
     rec.open_extent, rec.rest_extent = _extents(extent_rng, knobs, len(visits))
     rec.nudge_visit, rec.nudge_on, rec.nudge_depth = _nudges(extent_rng, knobs.handling_depth, rec)
-    rec.sensor = synthesize_sensor(rec, knobs, sensor_rng, nan_rng, wander_rng)
+    rec.sensor = synthesize_sensor(rec, knobs, sensor_rng, nan_rng, node_rng)
     return rec
 
 
@@ -319,10 +319,10 @@ def synthesize_sensor(
     knobs: Knobs,
     rng: np.random.Generator,
     nan_rng: np.random.Generator,
-    wander_rng: np.random.Generator,
+    node_rng: np.random.Generator,
 ) -> np.ndarray:
     """The raw [C, N] stream: reed levels, fixture accelerations with cross-talk, footsteps, baseline wander,
-    noise, NaN."""
+    noise, NaN. `node_rng` draws the per-node faults (baseline wander, reed dropout)."""
     layout = channel_layout()
     n = int(round(rec.duration * SENSOR_RATE_HZ))
     t = np.arange(n) / SENSOR_RATE_HZ
@@ -337,20 +337,17 @@ def synthesize_sensor(
         for j, threshold in enumerate(REED_THRESHOLDS[len(chans)]):
             sig[chans[j]] = (extents[:, f] > threshold).astype(np.float64)
 
-    def shake(f: int, direction: np.ndarray, accel: np.ndarray) -> None:
-        """Fixture f moves along `direction`; its neighbours feel it along their own axes."""
-        sig[layout.accel[f]] += direction[:, None] * accel
-        for g in range(NUM_FIXTURES):
-            if g != f and knobs.crosstalk_gain * cross[f, g] > 1e-4:
-                sig[layout.accel[g]] += knobs.crosstalk_gain * cross[f, g] * axes[g][:, None] * accel
-
     for m in fixture_moves(rec):  # acceleration scales with the distance moved
         strength = rec.amplitude * abs(m.end - m.start) * rng.uniform(0.85, 1.15)
-        shake(m.fixture, axes[m.fixture], strength * template_accel(m.kind, (t - m.onset) / m.duration))
+        accel = strength * template_accel(m.kind, (t - m.onset) / m.duration)
+        sig[layout.accel[m.fixture]] += axes[m.fixture][:, None] * accel
+        for g in range(NUM_FIXTURES):  # neighbours feel it along their own axes
+            if g != m.fixture and knobs.crosstalk_gain * cross[m.fixture, g] > 1e-4:
+                sig[layout.accel[g]] += knobs.crosstalk_gain * cross[m.fixture, g] * axes[g][:, None] * accel
     _add_footsteps(sig, rec, t, knobs.walking_vibration_gain, layout.accel, rng)
     if knobs.baseline_wander_gain > 0:
         for chans in layout.accel.values():
-            sig[chans] += knobs.baseline_wander_gain * _wander(t, len(chans), wander_rng)
+            sig[chans] += knobs.baseline_wander_gain * _wander(t, len(chans), node_rng)
     sig += knobs.sensor_noise_std * rng.standard_normal(sig.shape)
     for group in layout.groups:  # packet loss drops a whole sensor node at once
         for _ in range(nan_rng.poisson(knobs.nan_burst_rate * rec.duration / 60.0)):
@@ -359,7 +356,7 @@ def synthesize_sensor(
             i0, i1 = int(start * SENSOR_RATE_HZ), int((start + length) * SENSOR_RATE_HZ) + 1
             sig[np.ix_(group, np.arange(i0, min(i1, n)))] = np.nan
     for chans in layout.reed.values():  # a reed node with a flat battery sends nothing all recording
-        if wander_rng.random() < knobs.reed_dropout_prob:
+        if node_rng.random() < knobs.reed_dropout_prob:
             sig[chans] = np.nan
     return sig.astype(np.float32)
 
