@@ -150,3 +150,12 @@ def test_reed_dropout_silences_whole_reed_nodes(prob):
         assert not np.isnan(np.delete(rec.sensor, reed, axis=0)).any()
     # The windows still load: the NaN policy flags the dead channels and zeroes them.
     assert np.isfinite(dropped.split("train").sensor).all()
+
+
+def test_extents_of_a_few_frame_times_match_the_whole_recording():
+    rec = kitchen(ajar_prob=0.7, handling_depth=0.4, max_hold_s=6.0).recordings[0]
+    t = times_of(rec)
+    whole = fixture_extents(rec, t)
+    for start in np.arange(0, len(t) - 60, 37):  # a window's frames only see what happened before them
+        idx = np.arange(start, start + 60, 7)
+        np.testing.assert_array_equal(fixture_extents(rec, t[idx]), whole[idx])

@@ -305,7 +305,15 @@ def fixture_moves(rec: Recording) -> list[Move]:
 def fixture_extents(rec: Recording, times: np.ndarray) -> np.ndarray:
     """[len(times), F] opening extent of every fixture."""
     out = np.zeros((len(times), NUM_FIXTURES))
+    if not times.size:
+        return out
+    first, last = times.min(), times.max()
     for m in fixture_moves(rec):  # in onset order: each move sets its fixture's extent from then on
+        if m.onset > last:
+            break
+        if m.onset + m.duration < first:  # over before these times: only the level it left matters
+            out[:, m.fixture] = m.end
+            continue
         during = (times >= m.onset) & (times <= m.onset + m.duration)
         lo, hi = min(m.start, m.end), max(m.start, m.end)
         tau = (times[during] - m.onset) / m.duration
