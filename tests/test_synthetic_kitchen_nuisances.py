@@ -159,3 +159,16 @@ def test_extents_of_a_few_frame_times_match_the_whole_recording():
     for start in np.arange(0, len(t) - 60, 37):  # a window's frames only see what happened before them
         idx = np.arange(start, start + 60, 7)
         np.testing.assert_array_equal(fixture_extents(rec, t[idx]), whole[idx])
+
+
+def test_an_exported_kitchen_keeps_every_nuisance(tmp_path):
+    busy = kitchen(ajar_prob=0.7, handling_depth=0.4, max_hold_s=6.0, reed_dropout_prob=0.3, min_open_extent=0.5)
+    busy.export(tmp_path / "kitchen")
+    params = SyntheticKitchenParams(root=str(tmp_path / "kitchen"), preset="tiny")
+    loaded = build_synthetic_kitchen(params, DATA)
+    for a, b in zip(busy.recordings, loaded.recordings, strict=True):
+        for name in ("open_extent", "rest_extent", "nudge_visit", "nudge_on", "nudge_depth"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    split, again = busy.split("train"), loaded.split("train")
+    np.testing.assert_array_equal(split.sensor, again.sensor)
+    np.testing.assert_array_equal(split.video(5), again.video(5))
