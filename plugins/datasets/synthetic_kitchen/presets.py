@@ -150,7 +150,7 @@ class SyntheticKitchenParams(ComponentParams):
         ge=0.0,
         le=1.0,
         description="While a fixture is held open the hand nudges it in by up to this much of full extent and "
-        "back out (about once a second; unlabelled moves with the shared template; 0: it stays still).",
+        "back out (up to once a second; unlabelled moves with the shared template; 0: it stays still).",
     )
     baseline_wander_gain: float | None = Field(
         None,
@@ -169,8 +169,8 @@ class SyntheticKitchenParams(ComponentParams):
         None,
         ge=0.0,
         le=1.0,
-        description="Probability that a close leaves its fixture ajar (extent 0.2-0.35, the first of three reed "
-        "switches still on) until the fixture's next visit.",
+        description="Probability that a close leaves its fixture ajar (extent 0.2-0.5, at most half the open "
+        "extent: the first of three reed switches stays on) until the fixture's next visit.",
     )
     reed_dropout_prob: float | None = Field(
         None,

@@ -44,8 +44,8 @@ MIN_HOLD_S = 0.4
 # While a fixture is held open the rummaging hand nudges it in and back out (Poisson rate, seconds each way).
 NUDGES_PER_S = 1.0
 NUDGE_S = 0.3  # in, then the same back out
-# Extent a fixture left ajar rests at: a 3-switch fixture's first reed switch (0.15) stays on, the second
-# (0.5) sometimes, drawer 1's single one (0.5) sometimes.
+# Extent a fixture left ajar rests at, capped at half the open extent (so at most 0.5, and about a quarter
+# of the rests sit at that cap): a 3-switch fixture's first reed switch (0.15) stays on, the ones at 0.5 off.
 AJAR_EXTENT = (0.2, 0.6)
 # Frequency band (Hz) of the accelerometers' baseline wander: slower than any action.
 WANDER_HZ = (0.03, 0.3)
@@ -177,8 +177,8 @@ def _generate_recording(
         jitter_freq=video_rng.uniform(0.5, 6.0, (2, 3)),
         jitter_phase=video_rng.uniform(0, 2 * np.pi, (2, 3)),
     )
-    rec.open_extent, rec.rest_extent = _extents(extent_rng, knobs, len(visits))
-    rec.nudge_visit, rec.nudge_on, rec.nudge_depth = _nudges(extent_rng, knobs.handling_depth, rec)
+    rec.open_extent, rec.rest_extent = _extents(extent_rng, knobs, rec.visit_fixture)
+    rec.nudge_visit, rec.nudge_on, rec.nudge_depth = _nudges(extent_rng, knobs.handling_depth, rec, rec.open_extent)
     rec.sensor = synthesize_sensor(rec, knobs, sensor_rng, nan_rng, node_rng)
     return rec
 
@@ -244,13 +244,19 @@ def _timeline(
     return visits, np.asarray(keyframes, np.float64)
 
 
-def _extents(rng: np.random.Generator, knobs: Knobs, count: int) -> tuple[np.ndarray, np.ndarray]:
+def _extents(rng: np.random.Generator, knobs: Knobs, fixtures: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per visit: how far it opens its fixture, and where its close leaves it: shut, or (with probability
-    knobs.ajar_prob) ajar at AJAR_EXTENT until the fixture's next visit opens it again from there."""
+    knobs.ajar_prob) ajar at AJAR_EXTENT until the fixture's next visit opens it again from there. A rest is
+    at most half of both opens around it, so every labelled open moves out and every close moves in."""
+    count = len(fixtures)
     opened = rng.uniform(knobs.min_open_extent, 1.0, count)
     ajar = rng.random(count) < knobs.ajar_prob
-    rest = np.where(ajar, rng.uniform(*AJAR_EXTENT, count), 0.0)
-    return opened, np.minimum(rest, 0.5 * opened)
+    rest = np.minimum(np.where(ajar, rng.uniform(*AJAR_EXTENT, count), 0.0), 0.5 * opened)
+    for v in range(count):
+        later = np.flatnonzero(fixtures[v + 1 :] == fixtures[v])
+        if len(later):
+            rest[v] = min(rest[v], 0.5 * opened[v + 1 + later[0]])
+    return opened, rest
 
 
 @dataclass(frozen=True)
@@ -268,7 +274,9 @@ class Move:
         return OPEN if self.end > self.start else CLOSE
 
 
-def _nudges(rng: np.random.Generator, max_depth: float, rec: Recording) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _nudges(
+    rng: np.random.Generator, max_depth: float, rec: Recording, open_extent: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(visit, onset, depth) of the nudges during every hold: Poisson times, at least one nudge apart."""
     visit, onset = [], []
     for v in range(len(rec.visit_fixture)):
@@ -282,7 +290,7 @@ def _nudges(rng: np.random.Generator, max_depth: float, rec: Recording) -> tuple
                 onset.append(at)
                 last = at
     depth = rng.uniform(0.3, 1.0, len(onset)) * max_depth
-    return np.asarray(visit, np.int64), np.asarray(onset, np.float64), np.minimum(depth, rec.open_extent[visit])
+    return np.asarray(visit, np.int64), np.asarray(onset, np.float64), np.minimum(depth, open_extent[visit])
 
 
 def fixture_moves(rec: Recording) -> list[Move]:
@@ -353,9 +361,8 @@ def synthesize_sensor(
             if g != m.fixture and knobs.crosstalk_gain * cross[m.fixture, g] > 1e-4:
                 sig[layout.accel[g]] += knobs.crosstalk_gain * cross[m.fixture, g] * axes[g][:, None] * accel
     _add_footsteps(sig, rec, t, knobs.walking_vibration_gain, layout.accel, rng)
-    if knobs.baseline_wander_gain > 0:
-        for chans in layout.accel.values():
-            sig[chans] += knobs.baseline_wander_gain * _wander(t, len(chans), node_rng)
+    for chans in layout.accel.values():  # drawn even at gain 0: the dropouts below keep their draws
+        sig[chans] += knobs.baseline_wander_gain * _wander(t, len(chans), node_rng)
     sig += knobs.sensor_noise_std * rng.standard_normal(sig.shape)
     for group in layout.groups:  # packet loss drops a whole sensor node at once
         for _ in range(nan_rng.poisson(knobs.nan_burst_rate * rec.duration / 60.0)):

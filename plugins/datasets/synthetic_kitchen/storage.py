@@ -22,7 +22,7 @@ from .presets import Knobs
 from .scene import Recording
 
 FORMAT = "detach-synthetic-kitchen"
-VERSION = 2  # 2: per-visit open and rest extents
+VERSION = 2  # 2: per-visit open and rest extents, nudges
 MANIFEST = "manifest.json"
 
 
