@@ -194,14 +194,6 @@ def anchor_class(labels: np.ndarray, fixtures: np.ndarray) -> int | None:
     return int(counts.argmax()) if counts.size and counts.max() > 0 else None
 
 
-def _draw(key: str, title: str, out: Path, draw: Callable[[Path], Path], caption: str = "") -> Section:
-    try:
-        path = draw(out / f"{key}.png")
-    except ValueError as exc:  # the figure functions refuse data they cannot draw, with the reason
-        return Section(key, title, skip=f"could not draw: {exc}")
-    return Section(key, title, png=path.read_bytes(), caption=caption)
-
-
 def run_sections(run: Any, host: Any, log: Callable[[str], None] = print) -> tuple[list[Section], dict[str, Any]]:
     records = run.read_metrics()
     out = run.plots / "report"
@@ -211,11 +203,17 @@ def run_sections(run: Any, host: Any, log: Callable[[str], None] = print) -> tup
     def skip(key: str, reason: str) -> None:
         sections[key] = Section(key, titles[key], skip=reason)
 
+    def draw(key: str, plot: Callable[[Path], Path], caption: str) -> None:
+        try:
+            path = plot(out / f"{key}.png")
+        except ValueError as exc:  # the figure functions refuse data they cannot draw, with the reason
+            skip(key, f"could not draw: {exc}")
+        else:
+            sections[key] = Section(key, titles[key], png=path.read_bytes(), caption=caption)
+
     if figures.epoch_records(records):
-        sections["training-curves"] = _draw(
+        draw(
             "training-curves",
-            titles["training-curves"],
-            out,
             lambda p: figures.plot_training_curves(records, p),
             "Per-epoch means from metrics.jsonl; train solid, validation dashed; dotted lines separate stages.",
         )
@@ -242,20 +240,16 @@ def run_sections(run: Any, host: Any, log: Callable[[str], None] = print) -> tup
             skip(key, f"the run's model could not be loaded: {exc}")
     if emb is not None:
         info["checkpoint"] = emb.checkpoint
-        sections["tsne"] = _draw(
+        draw(
             "tsne",
-            titles["tsne"],
-            out,
             lambda p: figures.plot_tsne(
                 emb.probe, emb.fixtures, emb.labels, emb.fixture_names, emb.class_names, p, seed=emb.seed
             ),
             f"Linear-probe features of the test split ({emb.checkpoint}); 'none' marks windows without a fixture.",
         )
         kind = "decomposed model, joint u = [z, h]" if emb.decomposed else "global model"
-        sections["cosine-histogram"] = _draw(
+        draw(
             "cosine-histogram",
-            titles["cosine-histogram"],
-            out,
             lambda p: figures.plot_cosine_histogram(
                 figures.different_label_cosines(emb.video, emb.labels), p, title=kind
             ),
@@ -269,10 +263,8 @@ def run_sections(run: Any, host: Any, log: Callable[[str], None] = print) -> tup
             skip("similarity-scatter", "no test window has a ground-truth fixture, so negative types are unknown")
         else:
             name = emb.class_names[anchor] if anchor < len(emb.class_names) else str(anchor)
-            sections["similarity-scatter"] = _draw(
+            draw(
                 "similarity-scatter",
-                titles["similarity-scatter"],
-                out,
                 lambda p: figures.plot_similarity_scatter(
                     emb.spaces, emb.labels, emb.fixtures, anchor, name, p, seed=emb.seed
                 ),
@@ -281,10 +273,8 @@ def run_sections(run: Any, host: Any, log: Callable[[str], None] = print) -> tup
             )
 
     if figures.weight_quantile_records(records):
-        sections["weight-cdfs"] = _draw(
+        draw(
             "weight-cdfs",
-            titles["weight-cdfs"],
-            out,
             lambda p: figures.plot_weight_cdfs(records, p),
             "Empirical CDF of W per stage-2 epoch (from 21 logged quantiles of a uniform sample), dark early, "
             "bright late.",
@@ -293,10 +283,8 @@ def run_sections(run: Any, host: Any, log: Callable[[str], None] = print) -> tup
         skip("weight-cdfs", "metrics.jsonl has no w_*_quantiles records (the run has no DETACH temporal stage)")
 
     if figures.cluster_records(records):
-        sections["clusters"] = _draw(
+        draw(
             "clusters",
-            titles["clusters"],
-            out,
             lambda p: figures.plot_clusters(records, p),
             "Stage-1 ODC clusters after each epoch; purity and NMI against the ground-truth fixtures.",
         )
