@@ -11,7 +11,6 @@ from detach_framework.contracts import EmbeddingSet, EvalContext, EvalResult
 from detach_framework.evaluation import (
     accuracy,
     confusion_matrix,
-    linear_probe,
     macro_map,
     per_class_rows,
     plot_confusion_matrix,
@@ -22,11 +21,12 @@ from detach_framework.plugins import hookimpl
 from detach_framework.registry import ComponentParams, Registry
 
 from . import recording_probe
+from .probe_fit import ProbeFitParams
 
 CONFUSION_PNG = "confusion_matrix.png"
 
 
-class LinearProbeParams(ComponentParams):
+class LinearProbeParams(ProbeFitParams):
     epochs: PositiveInt = Field(30, description="Training epochs of the linear classifier.")
     lr: float = Field(1e-3, gt=0, description="Adam learning rate.")
     batch_size: PositiveInt = Field(256, description="Mini-batch size.")
@@ -52,19 +52,7 @@ class LinearProbeEvaluator:
 
     def evaluate(self, train: EmbeddingSet, test: EmbeddingSet, ctx: EvalContext) -> EvalResult:
         names = list(ctx.class_names)
-        p = self.params
-        probs = linear_probe(
-            train.probe,
-            train.labels,
-            test.probe,
-            len(names),
-            epochs=p.epochs,
-            lr=p.lr,
-            batch_size=p.batch_size,
-            weight_decay=p.weight_decay,
-            standardize=p.standardize,
-            seed=ctx.seed,
-        )
+        probs = self.params.fit_probe(train.probe, train.labels, test.probe, len(names), ctx.seed)
         y_true = np.asarray(test.labels)  # metrics reject non-integer labels rather than truncating
         y_pred = probs.argmax(axis=1)
         metrics = {

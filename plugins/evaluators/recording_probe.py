@@ -14,18 +14,19 @@ from detach_framework.errors import UserError
 from detach_framework.evaluation import (
     accuracy,
     confusion_matrix,
-    linear_probe,
     macro_map,
     per_class_rows,
     plot_confusion_matrix,
     weighted_f1,
 )
-from detach_framework.registry import ComponentParams, Registry
+from detach_framework.registry import Registry
+
+from .probe_fit import ProbeFitParams
 
 CONFUSION_PNG = "recording_confusion_matrix.png"
 
 
-class RecordingProbeParams(ComponentParams):
+class RecordingProbeParams(ProbeFitParams):
     features: Literal["probe", "sensor", "video"] = Field(
         "probe", description="Which embeddings are averaged per recording (probe: the sensor probe features)."
     )
@@ -72,18 +73,7 @@ class RecordingProbeEvaluator:
         names = list(ctx.class_names)
         xtr, ytr, _ = recording_means(getattr(train, p.features), train.recordings, train.labels, "train")
         xte, yte, _ = recording_means(getattr(test, p.features), test.recordings, test.labels, "test")
-        probs = linear_probe(
-            xtr,
-            ytr,
-            xte,
-            len(names),
-            epochs=p.epochs,
-            lr=p.lr,
-            batch_size=p.batch_size,
-            weight_decay=p.weight_decay,
-            standardize=p.standardize,
-            seed=ctx.seed,
-        )
+        probs = p.fit_probe(xtr, ytr, xte, len(names), ctx.seed)
         pred = probs.argmax(axis=1)
         metrics = {
             "recording_accuracy": accuracy(yte, pred),
