@@ -12,13 +12,11 @@ so reading with that offset (or `estimate_offset: true`) aligns the modalities.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from detach_framework.atomic import atomic_directory
 from detach_framework.data.video import write_video
 from detach_framework.errors import UserError
 from detach_plugins.datasets.opportunity.formats import (
@@ -79,20 +77,9 @@ def export_opportunity_pp(
         raise UserError(f"export_opportunity_pp: unknown preset '{preset}' ({', '.join(PRESETS)})")
     knobs = PRESETS[preset]
     recordings = generate_recordings(knobs, seed)
-    out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise UserError(f"export_opportunity_pp: {out_dir} exists and is not an empty directory")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        _write(tmp, recordings, knobs, preset, seed, frame_size)
-        if out_dir.exists():
-            out_dir.rmdir()
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+    return atomic_directory(
+        out_dir, lambda tmp: _write(tmp, recordings, knobs, preset, seed, frame_size), "export_opportunity_pp"
+    )
 
 
 def _write(root: Path, recordings: list[Recording], knobs, preset: str, seed: int, frame_size: int) -> None:

@@ -6,15 +6,13 @@ No pickle anywhere: arrays go through np.savez and come back with np.load(allow_
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from detach_framework.atomic import atomic_directory
 from detach_framework.errors import UserError
 
 from .layout import SENSOR_RATE_HZ, channel_layout
@@ -36,12 +34,8 @@ class StoredKitchen:
 
 def export_recordings(out_dir: Path, preset: str, seed: int, knobs: Knobs, recordings: list[Recording]) -> None:
     """Write into a temporary sibling directory, then rename it into place (all or nothing)."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise UserError(f"synthetic_kitchen export: {out_dir} exists and is not an empty directory")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+
+    def fill(tmp: Path) -> None:
         entries = []
         for rec in recordings:
             name = f"recording_{rec.rec_id:04d}.npz"
@@ -59,12 +53,8 @@ def export_recordings(out_dir: Path, preset: str, seed: int, knobs: Knobs, recor
             "recordings": entries,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        if out_dir.exists():
-            out_dir.rmdir()  # empty (checked above): rename cannot replace a directory portably
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    atomic_directory(out_dir, fill, "synthetic_kitchen export")
 
 
 def load_recordings(root: Path) -> StoredKitchen:
