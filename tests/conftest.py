@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -53,3 +54,25 @@ def host():
 @pytest.fixture(scope="session")
 def registry(host):
     return host.registry
+
+
+def train_until_interrupted(monkeypatch, spec: str, run_dir: Path, at_epoch: int) -> None:
+    """`detach train SPEC --run-dir RUN_DIR`, with Ctrl-C as the trainer starts its `at_epoch`-th epoch (counted
+    over all stages): the run must exit 130, leaving a resumable run directory."""
+    from detach_framework.cli import main
+    from detach_framework.engine import trainer as trainer_module
+
+    original = trainer_module.Trainer._train_epoch
+    calls = {"n": 0}
+
+    def interrupted(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == at_epoch:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module.Trainer, "_train_epoch", interrupted)
+    try:
+        assert main(["train", spec, "--run-dir", str(run_dir)]) == 130
+    finally:
+        monkeypatch.setattr(trainer_module.Trainer, "_train_epoch", original)

@@ -11,11 +11,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
-from conftest import tiny_spec
+from conftest import tiny_spec, train_until_interrupted
 from torch import nn
 
 from detach_framework.cli import main
-from detach_framework.engine import trainer as trainer_module
 from detach_framework.engine.checkpoint import load_checkpoint
 from detach_framework.engine.rundir import RunDirectory
 from detach_framework.engine.trainer import Trainer
@@ -365,19 +364,8 @@ def test_comodo_through_the_cli_resumes_exactly(tmp_path, monkeypatch):
     spec = write(tmp_path, tiny_spec(deterministic=True, stages=[COMODO_STAGE]))
     straight = tmp_path / "straight"
     assert main(["train", spec, "--run-dir", str(straight)]) == 0
-    original = trainer_module.Trainer._train_epoch
-    calls = {"n": 0}
-
-    def interrupted(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(trainer_module.Trainer, "_train_epoch", interrupted)
     resumed = tmp_path / "resumed"
-    assert main(["train", spec, "--run-dir", str(resumed)]) == 130
-    monkeypatch.setattr(trainer_module.Trainer, "_train_epoch", original)
+    train_until_interrupted(monkeypatch, spec, resumed, at_epoch=2)
     assert main(["train", spec, "--run-dir", str(resumed), "--resume"]) == 0
     x = load_checkpoint(straight / "checkpoints" / "last.pt")
     y = load_checkpoint(resumed / "checkpoints" / "last.pt")

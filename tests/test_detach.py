@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import tiny_spec
+from conftest import tiny_spec, train_until_interrupted
 
 from detach_framework.cli import main
 from detach_framework.engine.checkpoint import load_checkpoint
@@ -304,22 +304,9 @@ def test_init_from_reuses_stage1_and_resume_is_exact(tmp_path, monkeypatch):
     )
 
     # Interrupt stage 1 mid-way (after its second epoch) and resume: identical final weights.
-    from detach_framework.engine import trainer as trainer_module
-
-    original = trainer_module.Trainer._train_epoch
-    calls = {"n": 0}
-
-    def interrupted(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(trainer_module.Trainer, "_train_epoch", interrupted)
     resumed = tmp_path / "resumed"
     path = write(tmp_path, spec)
-    assert main(["train", path, "--run-dir", str(resumed)]) == 130
-    monkeypatch.setattr(trainer_module.Trainer, "_train_epoch", original)
+    train_until_interrupted(monkeypatch, path, resumed, at_epoch=3)
     assert main(["train", path, "--run-dir", str(resumed), "--resume"]) == 0
     x = load_checkpoint(first / "checkpoints" / "last.pt")
     y = load_checkpoint(resumed / "checkpoints" / "last.pt")

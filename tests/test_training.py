@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import tiny_spec
+from conftest import tiny_spec, train_until_interrupted
 
 from detach_framework.cli import main
-from detach_framework.engine import trainer as trainer_module
 from detach_framework.engine.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,20 +71,9 @@ def test_interrupted_run_resumes_to_identical_weights(tmp_path, monkeypatch):
     straight = tmp_path / "straight"
     assert main(["train", spec, "--run-dir", str(straight)]) == 0
 
-    original = trainer_module.Trainer._train_epoch
-    calls = {"n": 0}
-
-    def interrupted(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt  # as if killed during the second epoch
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(trainer_module.Trainer, "_train_epoch", interrupted)
     resumed = tmp_path / "resumed"
-    assert main(["train", spec, "--run-dir", str(resumed)]) == 130
+    train_until_interrupted(monkeypatch, spec, resumed, at_epoch=2)  # as if killed during the second epoch
     assert load_checkpoint(resumed / "checkpoints" / "last.pt")["epochs_done"] == 1
-    monkeypatch.setattr(trainer_module.Trainer, "_train_epoch", original)
     assert main(["train", spec, "--run-dir", str(resumed), "--resume"]) == 0
 
     a = load_checkpoint(straight / "checkpoints" / "last.pt")
