@@ -10,6 +10,15 @@ import pytest
 
 from detach_framework.plugins import load_plugins
 
+# Synthetic-kitchen knobs that silence every sensor nuisance, so a test sees one mechanism alone.
+QUIET = dict(
+    sensor_noise_std=0.0,
+    crosstalk_gain=0.0,
+    walking_vibration_gain=0.0,
+    nan_burst_rate=0.0,
+    amplitude_spread=0.0,
+)
+
 TINY_SPEC: dict[str, Any] = {
     "name": "tiny",
     "seed": 7,

@@ -8,6 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from conftest import QUIET
 from pydantic import ValidationError
 
 from detach_framework.contracts import SAMPLE_KEYS, SPLITS, DatasetSource
@@ -35,13 +36,6 @@ from detach_plugins.datasets.synthetic_kitchen.render import KitchenRenderer
 from detach_plugins.datasets.synthetic_kitchen.scene import FrameStates, frame_states
 
 DATA = DataSettings(frames=4, frame_size=32, sensor_length=64, seed=7)
-QUIET = dict(
-    sensor_noise_std=0.0,
-    crosstalk_gain=0.0,
-    walking_vibration_gain=0.0,
-    nan_burst_rate=0.0,
-    amplitude_spread=0.0,
-)
 
 
 def tiny(data: DataSettings = DATA, **knobs):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import QUIET
 
 from detach_framework.data.settings import DataSettings
 from detach_plugins.datasets.synthetic_kitchen import SyntheticKitchenParams, build_synthetic_kitchen
@@ -19,13 +20,6 @@ from detach_plugins.datasets.synthetic_kitchen.scene import (
 )
 
 DATA = DataSettings(frames=2, frame_size=16, sensor_length=32, seed=11)
-QUIET = dict(
-    sensor_noise_std=0.0,
-    crosstalk_gain=0.0,
-    walking_vibration_gain=0.0,
-    nan_burst_rate=0.0,
-    amplitude_spread=0.0,
-)
 LAYOUT = channel_layout()
 
 
