@@ -173,12 +173,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec, host.registry, args.overrides)
     path = args.run_dir or Path("runs") / spec.name / spec.uid
     rank = distributed.init_from_environment(resolve_device(spec.runtime.device).type)
+    run = None
     try:
-        # Rank 0 alone prepares the run directory; the others learn whether it succeeded.
+        # Rank 0 alone prepares (and locks) the run directory; the others learn whether it succeeded.
         failure = ""
         if rank.is_main:
             try:
                 run = RunDirectory.prepare(path, resume=args.resume, overwrite=args.overwrite)
+                if args.resume:
+                    run.check_same_spec(spec, host.registry)
             except UserError as exc:
                 failure = str(exc)
         ok = distributed.broadcast_(torch.tensor([0 if failure else 1], device=resolve_device(spec.runtime.device)))
@@ -187,7 +190,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not int(ok.item()):
             raise UserError(f"rank 0 could not prepare the run directory {path}")
         if rank.is_main:
-            if not args.resume:
+            if not run.spec_file.is_file():  # a resumed run killed before it wrote its spec writes it now
                 run.write_spec(dump_spec(spec))
             run.write_env([vars(p) for p in host.plugins])
             print(f"run directory: {run.path}", file=sys.stderr)
@@ -200,6 +203,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if rank.is_main:
             print(format_summary(evaluate_run(trainer, run)))
     finally:
+        if run is not None:
+            run.close()
         distributed.shutdown()
     return 0
 
@@ -252,11 +257,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from detach_framework.spec import load_spec
 
     host = _host(args)
-    run = RunDirectory.open_existing(args.run_dir)
-    spec = load_spec(run.spec_file, host.registry)
-    trainer = Trainer(spec, host, run)
-    load_preprocessing(trainer.source, run.path)
-    summary = evaluate_run(trainer, run)
+    run = RunDirectory.open_existing(args.run_dir, write=True)
+    try:
+        spec = load_spec(run.spec_file, host.registry)
+        trainer = Trainer(spec, host, run)
+        load_preprocessing(trainer.source, run.path)
+        summary = evaluate_run(trainer, run)
+    finally:
+        run.close()
     print(format_summary(summary))
     return 0
 

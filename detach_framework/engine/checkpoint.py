@@ -122,6 +122,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
+def checkpoint_uid(path: str | Path) -> str | None:
+    """The spec uid a checkpoint was written under, read without loading its tensors (None: unreadable)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError):
+        return None  # damaged: load_latest and load_checkpoint report it where it matters
+    uid = state.get("uid") if isinstance(state, dict) else None
+    return uid if isinstance(uid, str) else None
+
+
 def load_latest(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], Path] | None:
     """The checkpoint at `path` or, when it is missing or damaged, the previous one it replaced (with a
     CheckpointWarning; a damaged `path` is renamed `<name>.damaged.pt`); None when neither exists.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,15 +41,29 @@ def embed_split(trainer: Trainer, split: str) -> EmbeddingSet:
     )
 
 
-def evaluate_run(trainer: Trainer, run: RunDirectory) -> dict[str, Any]:
-    """Load the spec's chosen checkpoint, run every evaluator, write and return summary.json."""
-    spec = trainer.spec
-    name = BEST if spec.eval.checkpoint == "best" else LAST
+def load_evaluated_checkpoint(trainer: Trainer, run: RunDirectory) -> tuple[dict[str, Any], Path]:
+    """Load into the model the checkpoint `eval.checkpoint` names (last.pt when there is no best.pt),
+    refusing one written under another spec uid."""
+    name = BEST if trainer.spec.eval.checkpoint == "best" else LAST
     path = run.checkpoints / name
     if not path.is_file():
         path = run.checkpoints / LAST
+    if not path.is_file():
+        raise UserError(f"{run.checkpoints} holds no checkpoint (the run never finished an epoch)")
     state = load_checkpoint(path, map_location=trainer.device)
+    if state.get("uid") != trainer.spec.uid:
+        raise UserError(
+            f"{path} was written under spec uid {state.get('uid')}, but {run.spec_file} has uid {trainer.spec.uid}; "
+            "this checkpoint does not belong to this run's spec"
+        )
     trainer.model.load_state_dict(state["model"])
+    return state, path
+
+
+def evaluate_run(trainer: Trainer, run: RunDirectory) -> dict[str, Any]:
+    """Load the spec's chosen checkpoint, run every evaluator, write and return summary.json."""
+    spec = trainer.spec
+    state, path = load_evaluated_checkpoint(trainer, run)
     train, test = embed_split(trainer, "train"), embed_split(trainer, "test")
     context = EvalContext(class_names=list(trainer.source.class_names), out_dir=run.plots, seed=spec.seed)
     metrics: dict[str, float] = {}

@@ -3,27 +3,52 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from detach_framework.atomic import atomic_write_json, atomic_write_text, write_error
+from detach_framework.engine.runlock import RunLock
 from detach_framework.errors import UserError
 
 SPEC_FILE = "spec.yaml"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 ENV_FILE = "env.json"
+MARKER_FILE = ".detach-run"  # written into every run directory this framework creates
+
+
+def is_run_directory(path: Path) -> bool:
+    """Written by this framework: its marker, or (runs older than the marker) spec.yaml beside checkpoints/."""
+    return (path / MARKER_FILE).is_file() or ((path / SPEC_FILE).is_file() and (path / "checkpoints").is_dir())
+
+
+def _check_location(path: Path) -> None:
+    """One-line errors for a run directory that is a link, a file, or below a file."""
+    if path.is_symlink():
+        raise UserError(f"run directory {path} is a symbolic link (to {os.readlink(path)}); pass the directory itself")
+    if path.exists() and not path.is_dir():
+        raise UserError(f"run directory {path} exists and is not a directory")
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"cannot create run directory {path}: {parent} is a file, not a directory")
+            break
 
 
 @dataclass
 class RunDirectory:
+    """One run's directory. `prepare` and `open_existing(write=True)` hold its lock (see runlock.py) until
+    `close()` or the end of the process."""
+
     path: Path
+    lock: RunLock | None = field(default=None, repr=False, compare=False)
 
     @property
     def checkpoints(self) -> Path:
@@ -45,25 +70,42 @@ class RunDirectory:
     def summary_file(self) -> Path:
         return self.path / SUMMARY_FILE
 
+    @property
+    def replaced(self) -> Path:
+        """Where `--overwrite` keeps the run it replaces until the new run has saved its first checkpoint."""
+        return self.path.with_name(f".{self.path.name}.replaced")
+
     @classmethod
     def prepare(cls, path: str | Path, *, resume: bool = False, overwrite: bool = False) -> RunDirectory:
-        """Create the directory; refuse a non-empty one unless resuming or overwriting."""
+        """Create the directory and lock it; refuse a non-empty one unless resuming or overwriting a run
+        directory. `overwrite` moves the old run aside (`replaced`); `commit_replacement` deletes it."""
         path = Path(path)
-        if path.exists() and not path.is_dir():
-            raise UserError(f"run directory {path} exists and is not a directory")
-        non_empty = path.is_dir() and any(path.iterdir())
         if resume and overwrite:
             raise UserError("--resume and --overwrite exclude each other")
-        if non_empty and overwrite:
-            shutil.rmtree(path)
-        elif non_empty and not resume:
+        _check_location(path)
+        non_empty = path.is_dir() and any(path.iterdir())
+        if non_empty and not (resume or overwrite):
             raise UserError(
                 f"run directory {path} is not empty: pass --resume to continue it or --overwrite to replace it"
             )
-        elif resume and not non_empty:
+        if resume and not non_empty:
             raise UserError(f"nothing to resume: run directory {path} is empty or missing")
-        path.mkdir(parents=True, exist_ok=True)
+        if non_empty and not is_run_directory(path):
+            action = "resuming" if resume else "replacing"
+            raise UserError(
+                f"{path} is not a run directory written by detach-framework (no {MARKER_FILE}, no {SPEC_FILE} + "
+                f"checkpoints/); not {action} it: choose another --run-dir"
+            )
         run = cls(path)
+        if overwrite and non_empty:
+            run._move_aside()
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create run directory {path}: {exc.strerror or exc}") from None
+        run.lock = RunLock.acquire(path)
+        if not (path / MARKER_FILE).is_file():
+            atomic_write_json(path / MARKER_FILE, {"framework": _version("detach-framework"), "created": time.time()})
         run.checkpoints.mkdir(exist_ok=True)
         run.plots.mkdir(exist_ok=True)
         if resume:  # a killed run leaves the temporary file of the write it was in: never read, just clutter
@@ -72,12 +114,57 @@ class RunDirectory:
                     stale.unlink(missing_ok=True)
         return run
 
+    def _move_aside(self) -> None:
+        """Rename the run being overwritten to `replaced` (under its lock, so a live writer refuses it)."""
+        cwd = Path.cwd().resolve()
+        if self.path.resolve() in (cwd, *cwd.parents):
+            raise UserError(f"--overwrite: {self.path} is the working directory or holds it; not replacing it")
+        if self.replaced.exists():
+            raise UserError(
+                f"--overwrite: an earlier overwrite of {self.path} was interrupted and its previous run is kept in "
+                f"{self.replaced}; move it back or delete it first"
+            )
+        old_lock = RunLock.acquire(self.path)
+        try:
+            os.replace(self.path, self.replaced)
+        except OSError as exc:
+            raise UserError(f"--overwrite: cannot move {self.path} aside: {exc.strerror or exc}") from None
+        finally:
+            old_lock.release()
+
+    def commit_replacement(self) -> None:
+        """The new run has saved a checkpoint: the run it replaced (if any) can go."""
+        if self.replaced.is_dir() and is_run_directory(self.replaced):
+            shutil.rmtree(self.replaced, ignore_errors=True)
+
     @classmethod
-    def open_existing(cls, path: str | Path) -> RunDirectory:
+    def open_existing(cls, path: str | Path, *, write: bool = False) -> RunDirectory:
+        """An existing run directory; `write` locks it (eval and report rewrite files in it)."""
         run = cls(Path(path))
         if not run.spec_file.is_file():
             raise UserError(f"{path} is not a run directory: {SPEC_FILE} is missing")
+        if write:
+            run.lock = RunLock.acquire(run.path)
         return run
+
+    def check_same_spec(self, spec: Any, registry: Any) -> None:
+        """Resume only under the spec this directory was started with: its spec.yaml and every checkpoint."""
+        from detach_framework.engine.checkpoint import checkpoint_uid
+        from detach_framework.spec import load_spec
+
+        recorded = {self.spec_file: load_spec(self.spec_file, registry).uid} if self.spec_file.is_file() else {}
+        for path in sorted(self.checkpoints.glob("*.pt")):
+            recorded[path] = checkpoint_uid(path)
+        for path, uid in recorded.items():
+            if uid is not None and uid != spec.uid:
+                raise UserError(
+                    f"--resume: {path} belongs to spec uid {uid}, but the requested spec's uid is {spec.uid}; "
+                    "resume with the run's own spec.yaml or start a new run directory"
+                )
+
+    def close(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
 
     def write_spec(self, text: str) -> None:
         atomic_write_text(self.spec_file, text)

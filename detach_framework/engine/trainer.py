@@ -276,6 +276,7 @@ class Trainer:
                 improved = record.get("val_loss", math.inf) < pos.best_val
                 if improved:
                     pos.best_val = record["val_loss"]
+                self._check_finite(stage.name, pos.epochs_done, record, aligner)  # never checkpoint a diverged model
                 if not self.is_main:
                     continue
                 # Logged before the checkpoint: a kill in between is undone by truncation on resume.
@@ -285,6 +286,7 @@ class Trainer:
                 if improved or "val_loss" not in record:
                     save_checkpoint(self.run.checkpoints / BEST, checkpoint)
                 save_checkpoint(self.run.checkpoints / LAST, checkpoint, keep_previous=True)
+                self.run.commit_replacement()  # the run --overwrite moved aside can go once this one has a checkpoint
                 self._scalars(record, pos.global_step)
                 self.host.manager.hook.detach_after_epoch(stage=stage.name, epoch=pos.epochs_done, metrics=record)
             if self.is_main:
@@ -296,6 +298,7 @@ class Trainer:
             save_checkpoint(
                 self.run.checkpoints / LAST, {**initial, "best_val": math.inf, "model": self.model.state_dict()}
             )
+            self.run.commit_replacement()
         if self.tensorboard is not None:
             self.tensorboard.close()
 
@@ -402,6 +405,21 @@ class Trainer:
             record["world_size"] = distributed.info().world_size
             record["ranks_agree"] = self._ranks_agree()
         return record
+
+    @torch.no_grad()
+    def _check_finite(self, stage: str, epoch: int, record: dict[str, Any], aligner: nn.Module) -> None:
+        """A diverged epoch stops the run before it is logged or saved: the last good checkpoint stays."""
+        bad = [key for key in ("val_loss",) if key in record and not math.isfinite(record[key])]
+        for prefix, module in (("model", self.model), ("aligner", aligner)):
+            for name, tensor in module.state_dict().items():
+                if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not tensor.isfinite().all():
+                    bad.append(f"{prefix}.{name}")
+        if bad:
+            more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+            raise UserError(
+                f"stage '{stage}' epoch {epoch}: training diverged (non-finite {', '.join(bad[:3])}{more}); "
+                "nothing of this epoch was saved, the last good checkpoint is kept (try a lower optimizer.lr)"
+            )
 
     @torch.no_grad()
     def _ranks_agree(self) -> bool:

@@ -145,21 +145,16 @@ class TestEmbeddings:
 def load_test_embeddings(run: Any, host: Any) -> TestEmbeddings:
     """Rebuild the run's model from spec.yaml, load the checkpoint evaluation chose, embed the test split."""
     from detach_framework.data.transforms import load_preprocessing
-    from detach_framework.engine.checkpoint import load_checkpoint
-    from detach_framework.engine.evaluate import embed_split
-    from detach_framework.engine.trainer import BEST, LAST, Trainer
+    from detach_framework.engine.evaluate import embed_split, load_evaluated_checkpoint
+    from detach_framework.engine.trainer import Trainer
     from detach_framework.spec import load_spec
 
     spec = load_spec(run.spec_file, host.registry)
-    name = BEST if spec.eval.checkpoint == "best" else LAST
-    path = run.checkpoints / name
-    if not path.is_file():
-        path = run.checkpoints / LAST
-    if not path.is_file():
+    if not any(run.checkpoints.glob("*.pt")):  # before building the dataset: nothing to embed
         raise UserError(f"{run.checkpoints} holds no checkpoint (the run never finished an epoch)")
     trainer = Trainer(spec, host, run)
     load_preprocessing(trainer.source, run.path)
-    trainer.model.load_state_dict(load_checkpoint(path, map_location=trainer.device)["model"])
+    _, path = load_evaluated_checkpoint(trainer, run)
     test = embed_split(trainer, "test")
     model = trainer.model
     spaces = None
@@ -311,7 +306,14 @@ def _summary_tables(summary: dict[str, Any]) -> list[str]:
 def write_run_report(path: Path, host: Any, log: Callable[[str], None] = print) -> Path:
     from detach_framework.engine.rundir import RunDirectory
 
-    run = RunDirectory.open_existing(path)
+    run = RunDirectory.open_existing(path, write=True)
+    try:
+        return _write_run_report(run, host, log)
+    finally:
+        run.close()
+
+
+def _write_run_report(run: Any, host: Any, log: Callable[[str], None]) -> Path:
     summary: dict[str, Any] = {}
     if run.summary_file.is_file():
         summary = json.loads(run.summary_file.read_text(encoding="utf-8"))
