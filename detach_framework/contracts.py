@@ -13,7 +13,7 @@ Optional keys: recording int64 [] - the recording the window comes from (recordi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -104,17 +104,65 @@ class Clusterer(Protocol):
 
 
 class Aligner(Protocol):
-    """aligner factory(params, model: AlignmentModel, loss: nn.Module) -> nn.Module.
+    """aligner factory(params, model: AlignmentModel, loss: nn.Module) -> an AlignerBase.
 
     The aligner may read the model's sizes when built but keeps no reference to it (the model is not
     its submodule); the loss is. forward(model, batch: dict of collated samples on the device) ->
     dict with a scalar 'loss' plus any scalars worth logging. `trainable_modules(model)` names the
     parts of the model this stage trains; the aligner's own parameters always train with the stage.
+    The lifecycle methods below are called by the trainer at their moment; AlignerBase gives no-op defaults.
     """
 
     def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
 
     def trainable_modules(self, model: nn.Module) -> list[nn.Module]: ...
+
+    def on_stage_start(self, model: nn.Module, context: Any) -> None: ...
+
+    def on_epoch_start(self, epoch: int) -> None: ...
+
+    def after_optimizer_step(self, model: nn.Module) -> None: ...
+
+    def on_epoch_end(self, model: nn.Module) -> dict[str, Any]: ...
+
+    def fixed_outputs(self, model: nn.Module) -> dict[str, Callable[[dict[str, torch.Tensor]], torch.Tensor]]: ...
+
+
+class AlignerBase(nn.Module):
+    """The base class of every aligner: the lifecycle the trainer calls, each a no-op here.
+
+    on_stage_start(model, context)  once before the stage's first epoch to train (a StageContext: e.g.
+                                    k-means over `context.train_batches()`; skip what the checkpoint restored
+                                    when `context.resumed`)
+    on_epoch_start(epoch)           epoch counts from 1 within the stage
+    after_optimizer_step(model)     e.g. EMA or memory-bank updates
+    on_epoch_end(model) -> dict     diagnostics merged into the epoch's metrics record
+    fixed_outputs(model) -> {key: fn(batch) -> [B, ...]}
+                                    outputs of model parts this stage keeps frozen, each a function of the
+                                    sample alone (no randomness, eval mode): the trainer computes them once per
+                                    sample of the train and validation splits at stage start and hands them back
+                                    in every batch under `key`, so forward can skip the frozen parts. Declare
+                                    nothing for a frozen branch that sees random augmentations: it would change
+                                    the results, not only their cost.
+    """
+
+    def trainable_modules(self, model: nn.Module) -> list[nn.Module]:
+        raise NotImplementedError(f"{type(self).__name__} must say which model parts its stage trains")
+
+    def on_stage_start(self, model: nn.Module, context: Any) -> None:
+        return None
+
+    def on_epoch_start(self, epoch: int) -> None:
+        return None
+
+    def after_optimizer_step(self, model: nn.Module) -> None:
+        return None
+
+    def on_epoch_end(self, model: nn.Module) -> dict[str, Any]:
+        return {}
+
+    def fixed_outputs(self, model: nn.Module) -> dict[str, Callable[[dict[str, torch.Tensor]], torch.Tensor]]:
+        return {}
 
 
 @dataclass

@@ -9,9 +9,9 @@ import difflib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, get_args
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from detach_framework.errors import PluginError, UserError
 
@@ -26,13 +26,40 @@ KINDS: tuple[str, ...] = (
     "evaluator",
 )
 
+EMBEDDING_KINDS: tuple[str, ...] = ("video_head", "sensor_encoder")  # kinds whose outputs meet in a loss
+
 _NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+# Upper bounds shared by the core spec and the component params: far above any real dataset or model, low
+# enough that a typo such as 1e12 is refused by `detach validate` instead of exhausting memory later.
+MAX_WIDTH = 8192  # embedding sizes, hidden widths, channels of a layer
+MAX_SENSOR_LENGTH = 8192  # sensor steps per window (a temporal encoder attends over L/4 steps)
+MAX_EPOCHS = 10_000
+MAX_BATCH_SIZE = 8192
+MAX_SEED = 2**32 - 1  # numpy's seed range
+Width = Annotated[int, Field(ge=1, le=MAX_WIDTH)]  # an entry of a list of layer widths
 
 
 class ComponentParams(BaseModel):
-    """Base of every component's Params model: unknown keys are errors, never silently accepted."""
+    """Base of every component's Params model: unknown keys are errors, never silently accepted, and
+    floats must be finite (inf or NaN in a learning rate or a temperature only fails later, mid-training)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+def reachable_models(model: type[BaseModel]) -> list[type[BaseModel]]:
+    """`model` and every pydantic model its fields can hold, through lists, unions, Annotated and the like."""
+    found: list[type[BaseModel]] = []
+    pending: list[Any] = [model]
+    while pending:
+        annotation = pending.pop()
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            if annotation not in found:
+                found.append(annotation)
+                pending += [f.annotation for f in annotation.model_fields.values()]
+        else:
+            pending += get_args(annotation)
+    return found
 
 
 @dataclass(frozen=True)
@@ -47,6 +74,7 @@ class Component:
     plugin: str
     tools: dict[str, Callable[..., Any]] = field(default_factory=dict)
     distribution: str = ""  # the installed package that provides the plugin ("" when added directly)
+    embedding_field: str | None = None  # params field holding the out_dim of a video head or sensor encoder
 
     @property
     def origin(self) -> str:
@@ -78,9 +106,13 @@ class Registry:
         params: type[BaseModel],
         description: str = "",
         tools: dict[str, Callable[..., Any]] | None = None,
+        embedding_field: str | None = None,
     ) -> None:
         """Register a component. `tools` are optional named utilities of the component that the CLI
-        exposes (a dataset's "export", "fixture", "inspect"), looked up by name, never imported."""
+        exposes (a dataset's "export", "fixture", "inspect"), looked up by name, never imported.
+        `embedding_field` (video heads and sensor encoders) names the params field that sets the size of the
+        embedding the component outputs (its `out_dim`): `validate` then refuses paired video and sensor
+        embeddings of different sizes, which could only meet in a loss after a crash."""
         where = f"plugin '{self.current_plugin}'"
         if kind not in KINDS:
             raise PluginError(
@@ -104,6 +136,12 @@ class Registry:
                 f"{where} registers {kind} '{name}': its params model {params.__name__} must set "
                 "extra='forbid' (derive it from ComponentParams)"
             )
+        lax = [model.__name__ for model in reachable_models(params) if model.model_config.get("allow_inf_nan", True)]
+        if lax:
+            raise PluginError(
+                f"{where} registers {kind} '{name}': its params model(s) {', '.join(lax)} must set "
+                "allow_inf_nan=False so that floats are finite (derive them from ComponentParams)"
+            )
         if kind == "video_backbone" and "frozen" not in params.model_fields:
             raise PluginError(
                 f"{where} registers video_backbone '{name}': its params must derive from "
@@ -113,6 +151,11 @@ class Registry:
             raise PluginError(f"{where} registers {kind} '{name}': tools must map names to callables")
         if "name" in params.model_fields:
             raise PluginError(f"{where} registers {kind} '{name}': params model may not define 'name' (it is the tag)")
+        if embedding_field is not None and (kind not in EMBEDDING_KINDS or embedding_field not in params.model_fields):
+            raise PluginError(
+                f"{where} registers {kind} '{name}' with embedding_field={embedding_field!r}: only a "
+                f"{' or '.join(EMBEDDING_KINDS)} declares one, and it must name a field of {params.__name__}"
+            )
         self._components[kind][name] = Component(
             kind=kind,
             name=name,
@@ -122,6 +165,7 @@ class Registry:
             plugin=self.current_plugin,
             tools=dict(tools or {}),
             distribution=self.current_distribution,
+            embedding_field=embedding_field,
         )
 
     def names(self, kind: str) -> list[str]:

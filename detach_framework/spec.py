@@ -16,7 +16,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from detach_framework.errors import UserError
-from detach_framework.registry import Registry, did_you_mean
+from detach_framework.registry import (
+    MAX_BATCH_SIZE,
+    MAX_EPOCHS,
+    MAX_SEED,
+    MAX_SENSOR_LENGTH,
+    Registry,
+    did_you_mean,
+)
 
 SCHEMA_HEADER = "# yaml-language-server: $schema={schema}\n"
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -34,22 +41,33 @@ SLOT_KINDS: dict[str, str] = {
     "loss": "loss",
     "evaluators": "evaluator",
 }
+# Slots whose embeddings meet in a loss (and in retrieval): their declared sizes must be equal.
+EMBEDDING_PAIRS: tuple[tuple[str, str], ...] = (
+    ("video_head", "sensor_encoder"),
+    ("video_temporal_head", "sensor_temporal_encoder"),
+)
+MAX_WINDOW_SECONDS = 600.0
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Unknown keys are errors; floats must be finite (inf or NaN would only fail mid-training)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class DataSpec(StrictModel):
     """How samples are cut and batched; `dataset` picks the registered dataset."""
 
     dataset: Any
-    window_seconds: float = Field(2.0, gt=0, description="Sliding-window length in seconds.")
-    stride_seconds: float = Field(1.0, gt=0, description="Sliding-window stride in seconds.")
+    window_seconds: float = Field(2.0, gt=0, le=MAX_WINDOW_SECONDS, description="Sliding-window length in seconds.")
+    # A stride far below a sensor sample would only multiply the windows (and the memory they take).
+    stride_seconds: float = Field(1.0, ge=0.01, le=MAX_WINDOW_SECONDS, description="Sliding-window stride in seconds.")
     frames: int = Field(8, ge=2, le=256, description="Video frames sampled uniformly per window.")
     frame_size: int = Field(64, ge=16, le=1024, description="Square frame side in pixels.")
-    sensor_length: int = Field(128, ge=8, le=65536, description="Sensor steps per window after resampling.")
-    batch_size: int = Field(32, ge=2, description="Training batch size (contrastive losses need >= 2).")
+    sensor_length: int = Field(128, ge=8, le=MAX_SENSOR_LENGTH, description="Sensor steps per window after resampling.")
+    batch_size: int = Field(
+        32, ge=2, le=MAX_BATCH_SIZE, description="Training batch size (contrastive losses need >= 2)."
+    )
     num_workers: int = Field(0, ge=0, le=64, description="DataLoader workers (does not change results).")
 
 
@@ -86,7 +104,7 @@ class StageSpec(StrictModel):
     """One training stage: its aligner (what is trained and how), loss, epochs and optimizer."""
 
     name: str = Field(pattern=_NAME, description="Stage name (unique within the spec).")
-    epochs: int = Field(ge=1, description="Epochs of this stage.")
+    epochs: int = Field(ge=1, le=MAX_EPOCHS, description="Epochs of this stage.")
     aligner: Any
     loss: Any = None
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
@@ -110,7 +128,7 @@ class RuntimeSpec(StrictModel):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$", description="auto, cpu, cuda[:N].")
     progress: Literal["auto", "on", "off"] = Field("auto", description="tqdm bars (auto: only on a TTY).")
     tensorboard: bool = Field(True, description="Write TensorBoard scalars when tensorboard is installed.")
-    log_every: int = Field(10, ge=1, description="Log training scalars every N steps.")
+    log_every: int = Field(10, ge=1, le=1_000_000, description="Log training scalars every N steps.")
     sync_batchnorm: bool = Field(
         False, description="Under torchrun, synchronise batch-norm statistics across processes (SyncBatchNorm)."
     )
@@ -156,7 +174,7 @@ class Experiment(StrictModel):
     """A whole experiment: data, model, training stages, evaluation, runtime."""
 
     name: str = Field("experiment", pattern=_NAME, description="Run name (first level of runs/).")
-    seed: int = Field(42, ge=0, description="Seed for python, numpy, torch and the data loaders.")
+    seed: int = Field(42, ge=0, le=MAX_SEED, description="Seed for python, numpy, torch and the data loaders.")
     deterministic: bool = Field(False, description="Use deterministic torch algorithms.")
     data: DataSpec
     model: ModelSpec
@@ -221,6 +239,31 @@ def _camel(kind: str) -> str:
     return "".join(part.title() for part in kind.split("_"))
 
 
+def _embeddings_meet(registry: Registry) -> Any:
+    """A ModelSpec validator: paired video and sensor embeddings of different declared sizes (registry.add's
+    `embedding_field`) are refused here, naming both fields, instead of by a matmul in the loss."""
+
+    def check(model: ModelSpec) -> ModelSpec:
+        for pair in EMBEDDING_PAIRS:
+            declared = []
+            for slot in pair:
+                entry = getattr(model, slot)
+                field = None if entry is None else registry.get(SLOT_KINDS[slot], entry.name).embedding_field
+                if field is None:
+                    break  # an undeclared size is left to the aligners and the model's output checks
+                declared.append((f"{slot}.{field}", getattr(entry, field)))
+            else:
+                (video, video_dim), (sensor, sensor_dim) = declared
+                if video_dim != sensor_dim:
+                    raise ValueError(
+                        f"{video} is {video_dim} but {sensor} is {sensor_dim}: the video and sensor embeddings "
+                        "meet in the loss and in retrieval, so their sizes must be equal"
+                    )
+        return model
+
+    return model_validator(mode="after")(check)
+
+
 def build_spec_model(registry: Registry) -> type[Experiment]:
     """The Experiment model whose slots accept exactly the registered components."""
     slot = {kind: _slot_union(registry, kind) for kind in set(SLOT_KINDS.values())}
@@ -228,6 +271,7 @@ def build_spec_model(registry: Registry) -> type[Experiment]:
     model = create_model(
         "ModelSpec",
         __base__=ModelSpec,
+        __validators__={"_embeddings_meet": _embeddings_meet(registry)},
         video_backbone=(slot["video_backbone"], ...),
         video_head=(slot["video_head"], ...),
         sensor_encoder=(slot["sensor_encoder"], ...),
@@ -271,12 +315,34 @@ def json_schema(registry: Registry) -> dict[str, Any]:
 # Loading and overrides
 
 
+class SpecLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a repeated mapping key at any depth (PyYAML silently keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *base` merges a mapping whose keys the explicit ones may override
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                earlier = first.setdefault(key, key_node)
+            except TypeError:
+                continue  # an unhashable key: the base class reports it
+            if earlier is not key_node:
+                raise yaml.constructor.ConstructorError(
+                    problem=f"duplicate key {str(key)[:60]!r} (first on line {earlier.start_mark.line + 1})",
+                    problem_mark=key_node.start_mark,
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A spec or study file as a dict; every problem (bad YAML, a duplicate key, not UTF-8) is one UserError line."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"spec file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=SpecLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -301,7 +367,7 @@ def apply_override(data: dict[str, Any], override: str) -> None:
     if not sep or not _OVERRIDE_KEY.match(key):
         raise UserError(f"override '{override}': expected key.path=value (e.g. stages.0.epochs=3)")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.load(raw, Loader=SpecLoader) if raw.strip() else ""  # noqa: S506 - a SafeLoader
     except (yaml.YAMLError, RecursionError):
         value = raw  # not valid YAML: take it as a plain string, validation decides
     parts = key.split(".")
@@ -384,6 +450,8 @@ def _format_one(err: dict[str, Any], model: type[BaseModel], registry: Registry)
     if kind_of_error == "missing":
         return f"{path}: required field missing"
     value = err.get("input")
+    if kind_of_error == "value_error" and isinstance(value, dict):  # a model's own check across its fields
+        return f"{path}: {err['ctx']['error']}"
     shown = repr(value) if not isinstance(value, dict | list) else type(value).__name__
     if len(shown) > 60:
         shown = shown[:57] + "..."
@@ -441,7 +509,11 @@ def _strip_annotated(tp: Any) -> Any:
 def _union_member(union: Any, tag: Any) -> type[BaseModel] | None:
     for member in get_args(union):
         member = _strip_annotated(member)
-        if isinstance(member, type) and issubclass(member, BaseModel) and "name" in member.model_fields:
+        if get_origin(member) is Union:  # an optional slot: Optional[the slot's tagged union]
+            found = _union_member(member, tag)
+            if found is not None:
+                return found
+        elif isinstance(member, type) and issubclass(member, BaseModel) and "name" in member.model_fields:
             if get_args(member.model_fields["name"].annotation) == (tag,):
                 return member
     return None

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from scipy import signal
 
 from detach_framework.errors import UserError
+from detach_framework.registry import MAX_SENSOR_LENGTH, ComponentParams
 
 DEAD_CHANNEL_NAN_FRACTION = 0.5  # DETACH: a channel more NaN than this in a window carries no information
 PREPROCESSING_FILE = "preprocessing.json"  # the fitted pipeline, written into the run directory
@@ -98,11 +99,7 @@ def apply_zscore(x: np.ndarray, dead: np.ndarray, mean: np.ndarray, std: np.ndar
 # ---- spec entries --------------------------------------------------------------------------------------
 
 
-class _Step(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class NanPolicyStep(_Step):
+class NanPolicyStep(ComponentParams):
     """Channels more than `dead_fraction` NaN in a window -> 0; other NaN interpolated, edges held."""
 
     name: Literal["nan_policy"] = "nan_policy"
@@ -111,14 +108,14 @@ class NanPolicyStep(_Step):
     )
 
 
-class ZScoreStep(_Step):
+class ZScoreStep(ComponentParams):
     """Per-channel z-score with statistics of the TRAINING split only (written to the run directory)."""
 
     name: Literal["zscore"] = "zscore"
     min_std: float = Field(_MIN_STD, gt=0.0, description="Channels with a smaller train std are only centred.")
 
 
-class LowPassStep(_Step):
+class LowPassStep(ComponentParams):
     """Butterworth low-pass (scipy.signal); cutoff as a fraction of the Nyquist frequency."""
 
     name: Literal["lowpass"] = "lowpass"
@@ -127,11 +124,13 @@ class LowPassStep(_Step):
     zero_phase: bool = Field(True, description="Filter forwards and backwards (no phase shift).")
 
 
-class ResampleStep(_Step):
+class ResampleStep(ComponentParams):
     """Linear resampling of each window to a fixed number of steps."""
 
     name: Literal["resample"] = "resample"
-    length: int | None = Field(None, ge=2, description="Steps per window; null uses data.sensor_length.")
+    length: int | None = Field(
+        None, ge=2, le=MAX_SENSOR_LENGTH, description="Steps per window; null uses data.sensor_length."
+    )
 
 
 TransformStep = Annotated[NanPolicyStep | ZScoreStep | LowPassStep | ResampleStep, Field(discriminator="name")]

@@ -15,10 +15,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
-from detach_framework.contracts import DatasetSource
+from detach_framework.contracts import AlignerBase, DatasetSource
 from detach_framework.data.settings import DataSettings
 from detach_framework.engine import distributed
 from detach_framework.engine.checkpoint import load_checkpoint, load_latest, save_checkpoint
+from detach_framework.engine.fixed_outputs import WithFixedOutputs, compute_fixed_outputs
 from detach_framework.engine.model import AlignmentModel
 from detach_framework.engine.rundir import RunDirectory
 from detach_framework.engine.seeding import (
@@ -104,13 +105,8 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 @dataclass
 class StageContext:
-    """What an aligner's optional lifecycle hooks may use.
-
-    Hooks (all optional on an aligner): on_stage_start(model, context) - e.g. k-means initialisation over
-    `train_batches()` (unshuffled, on the device; skip it when `resumed`, the state came from the
-    checkpoint); on_epoch_start(epoch); after_optimizer_step(model) - e.g. EMA updates;
-    on_epoch_end(model) -> dict of diagnostics merged into the epoch's metrics record.
-    """
+    """What `AlignerBase.on_stage_start` receives: `train_batches()` iterates the train split unshuffled, on
+    the device; `resumed` says the stage's state came from a checkpoint."""
 
     device: torch.device
     epochs: int
@@ -152,6 +148,8 @@ class Trainer:
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.train_set = self.split("train")
         self.val_set = self.split("val")
+        # What the current stage reads: the splits, plus the outputs of its frozen parts (fixed_outputs.py).
+        self.stage_train, self.stage_val = self.train_set, self.val_set
         self.progress = progress_enabled(spec.runtime.progress)
         self.tensorboard = None  # opened by fit(): evaluation alone writes no event files
         self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None  # the current stage's warm-up
@@ -181,7 +179,14 @@ class Trainer:
         stage = self.spec.stages[index]
         registry = self.host.registry
         loss = registry.build("loss", stage.loss) if stage.loss is not None else None
-        aligner = registry.build("aligner", stage.aligner, model=self.model, loss=loss).to(self.device)
+        aligner = registry.build("aligner", stage.aligner, model=self.model, loss=loss)
+        if not isinstance(aligner, AlignerBase):
+            origin = registry.get("aligner", stage.aligner.name).origin
+            raise PluginError(
+                f"stages.{index}.aligner '{stage.aligner.name}' from {origin} must derive from "
+                "detach_framework.contracts.AlignerBase (it declares the lifecycle the trainer calls)"
+            )
+        aligner = aligner.to(self.device)
         trainable = [m for m in aligner.trainable_modules(self.model) if m is not None]
         if self.model.backbone_frozen:
             trainable = [m for m in trainable if m is not self.model.video_backbone]
@@ -268,8 +273,9 @@ class Trainer:
                     self.scheduler.load_state_dict(state["scheduler"])
                 set_rng_state(state["rng"])
                 state = None
-            if hasattr(aligner, "on_stage_start") and pos.epochs_done < stage.epochs:
+            if pos.epochs_done < stage.epochs:
                 aligner.on_stage_start(self.model, self.stage_context(pos.stage_index, resumed))
+                self._serve_fixed_outputs(aligner)
             while pos.epochs_done < stage.epochs:
                 record = self._train_epoch(pos, step, aligner, optimizer, trainable)
                 pos.epochs_done += 1
@@ -292,6 +298,7 @@ class Trainer:
             if self.is_main:
                 save_checkpoint(self.run.checkpoints / f"stage_{stage.name}.pt", self._state(pos, aligner, optimizer))
             distributed.barrier()  # other ranks never read a checkpoint before rank 0 has written it
+            self.stage_train, self.stage_val = self.train_set, self.val_set
             pos = Position(pos.stage_index + 1, 0, pos.global_step, math.inf)
         if not self.spec.stages and self.is_main:  # a floor row: nothing to train, the initial weights are evaluated
             initial = {"uid": self.spec.uid, "stage_index": 0, "stage": None, "epochs_done": 0, "global_step": 0}
@@ -301,6 +308,19 @@ class Trainer:
             self.run.commit_replacement()
         if self.tensorboard is not None:
             self.tensorboard.close()
+
+    def _serve_fixed_outputs(self, aligner: AlignerBase) -> None:
+        """Compute once what the stage's frozen parts output for every sample; the epochs read it back."""
+        functions = aligner.fixed_outputs(self.model)
+        if not functions:
+            return
+        served = []
+        for dataset in (self.train_set, self.val_set):
+            batches = (to_device(b, self.device) for b in make_loader(dataset, self.spec, shuffle=False))
+            served.append(
+                WithFixedOutputs(dataset, compute_fixed_outputs(self.model, functions, batches, len(dataset)))
+            )
+        self.stage_train, self.stage_val = served
 
     def _adopt_stage(self, pos: Position, aligner: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         """Take this stage's end state from another run instead of training it (`init_from`)."""
@@ -339,14 +359,13 @@ class Trainer:
         stage = self.spec.stages[pos.stage_index]
         epoch = pos.epochs_done + 1
         loader = make_loader(
-            self.train_set, self.spec, shuffle=True, epoch=pos.stage_index * 10_000 + epoch, sharded=True
+            self.stage_train, self.spec, shuffle=True, epoch=pos.stage_index * 10_000 + epoch, sharded=True
         )
         self._set_modes(aligner, trainable, training=True)
         totals: dict[str, float] = {}
         batches = 0
         started = time.perf_counter()
-        if hasattr(aligner, "on_epoch_start"):
-            aligner.on_epoch_start(epoch)
+        aligner.on_epoch_start(epoch)
         bar = tqdm(
             loader,
             desc=f"{stage.name} {epoch}/{stage.epochs}",
@@ -369,8 +388,7 @@ class Trainer:
             optimizer.step()
             if self.scheduler is not None:
                 self.scheduler.step()
-            if hasattr(aligner, "after_optimizer_step"):
-                aligner.after_optimizer_step(self.model)
+            aligner.after_optimizer_step(self.model)
             pos.global_step += 1
             batches += 1
             scalars = {k: float(v.detach()) for k, v in out.items() if v.dim() == 0}
@@ -397,9 +415,8 @@ class Trainer:
             "seconds": round(time.perf_counter() - started, 3),
         }
         record.update({f"train_{k}": v / max(batches, 1) for k, v in totals.items()})
-        if hasattr(aligner, "on_epoch_end"):
-            record.update(aligner.on_epoch_end(self.model))
-        if len(self.val_set) >= 2:
+        record.update(aligner.on_epoch_end(self.model))
+        if len(self.stage_val) >= 2:
             record["val_loss"] = self._validate(aligner)
         if distributed.is_enabled():
             record["world_size"] = distributed.info().world_size
@@ -437,7 +454,7 @@ class Trainer:
         self.model.eval()
         aligner.eval()
         total, count = 0.0, 0
-        for batch in make_loader(self.val_set, self.spec, shuffle=False, sharded=True):
+        for batch in make_loader(self.stage_val, self.spec, shuffle=False, sharded=True):
             if len(batch["label"]) < 2:
                 continue
             out = aligner(self.model, to_device(batch, self.device))

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Annotated
 
 import torch
-from pydantic import Field, PositiveInt
+from pydantic import Field
 from torch import nn
 
 from detach_framework.contracts import VideoBackboneParams
+from detach_framework.registry import Width
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -17,7 +18,7 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 class SmallCnnParams(VideoBackboneParams):
     """Params of the `small_cnn` video backbone."""
 
-    channels: Annotated[list[PositiveInt], Field(min_length=4, max_length=4)] = Field(
+    channels: Annotated[list[Width], Field(min_length=4, max_length=4)] = Field(
         default_factory=lambda: [64, 128, 256, 256],
         description="output channels of the four conv layers (7x7 then three 3x3, each stride 2); "
         "the last entry is the feature dimension D",

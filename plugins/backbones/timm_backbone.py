@@ -47,6 +47,7 @@ class TimmBackboneParams(VideoBackboneParams):
     img_size: int | None = Field(
         default=None,
         gt=0,
+        le=4096,
         description="input size for models built for a fixed size (ViTs); null keeps the model's default",
     )
     drop_path_rate: float = Field(

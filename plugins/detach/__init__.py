@@ -28,6 +28,7 @@ def detach_register_components(registry: Registry) -> None:
         name="detach_spatial_head",
         factory=VideoSpatialHead,
         params=SpatialHeadParams,
+        embedding_field="dim",
         description="DETACH f_v head: scene + object-saliency heads over the time-averaged map, LayerNorm.",
     )
     add(
@@ -35,6 +36,7 @@ def detach_register_components(registry: Registry) -> None:
         name="detach_temporal_head",
         factory=VideoTemporalHead,
         params=TemporalHeadParams,
+        embedding_field="dim",
         description="DETACH g_v: Conv3d on frame differences (frames or maps), cosine projection.",
     )
     add(
@@ -42,6 +44,7 @@ def detach_register_components(registry: Registry) -> None:
         name="detach_sensor_spatial",
         factory=SensorSpatialEncoder,
         params=SensorSpatialParams,
+        embedding_field="dim",
         description="DETACH f_s: dilated CNN + GRU plus the projected per-channel 99th percentile of |x|.",
     )
     add(
@@ -49,6 +52,7 @@ def detach_register_components(registry: Registry) -> None:
         name="detach_sensor_temporal",
         factory=SensorTemporalEncoder,
         params=SensorTemporalParams,
+        embedding_field="dim",
         description="DETACH g_s: CNN + BiGRU + self-attention pooling.",
     )
     add(

@@ -6,21 +6,15 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field
 from torch import nn
 
-from detach_framework.registry import ComponentParams
-
-
-def _three_positive(value: list[int]) -> list[int]:
-    if len(value) != 3 or min(value) < 1:
-        raise ValueError("expected three positive integers")
-    return value
+from detach_framework.registry import MAX_SENSOR_LENGTH, MAX_WIDTH, ComponentParams, Width
 
 
 class SpatialHeadParams(ComponentParams):
-    dim: int = Field(256, ge=1, description="Output size of z_v.")
-    head_channels: int = Field(256, ge=1, description="Channels of the scene and object conv heads.")
+    dim: int = Field(256, ge=1, le=MAX_WIDTH, description="Output size of z_v.")
+    head_channels: int = Field(256, ge=1, le=MAX_WIDTH, description="Channels of the scene and object conv heads.")
 
 
 class VideoSpatialHead(nn.Module):
@@ -66,16 +60,13 @@ class CosineLinear(nn.Module):
 
 
 class TemporalHeadParams(ComponentParams):
-    dim: int = Field(256, ge=1, description="Output size of h_v.")
-    channels: list[int] = Field([32, 64, 256], description="Channels of the three Conv3d layers.")
+    dim: int = Field(256, ge=1, le=MAX_WIDTH, description="Output size of h_v.")
+    channels: list[Width] = Field(
+        [32, 64, 256], min_length=3, max_length=3, description="Channels of the three Conv3d layers."
+    )
     input: Literal["frames", "maps"] = Field(
         "frames", description="Frame differences of the raw frames (paper) or of the backbone maps."
     )
-
-    @field_validator("channels")
-    @classmethod
-    def _channels(cls, value: list[int]) -> list[int]:
-        return _three_positive(value)
 
 
 class VideoTemporalHead(nn.Module):
@@ -106,8 +97,8 @@ class VideoTemporalHead(nn.Module):
 
 
 class SensorSpatialParams(ComponentParams):
-    dim: int = Field(256, ge=1, description="Output size of z_s.")
-    pool_steps: int = Field(32, ge=1, description="Adaptive average pool length before the GRU.")
+    dim: int = Field(256, ge=1, le=MAX_WIDTH, description="Output size of z_s.")
+    pool_steps: int = Field(32, ge=1, le=MAX_SENSOR_LENGTH, description="Adaptive average pool length before the GRU.")
     percentile: float = Field(99.0, gt=0, le=100, description="Per-channel percentile of |x| (which channel fired).")
 
 
@@ -144,8 +135,8 @@ class SensorSpatialEncoder(nn.Module):
 
 
 class SensorTemporalParams(ComponentParams):
-    dim: int = Field(256, ge=1, description="Output size of h_s.")
-    gru_hidden: int = Field(256, ge=1, description="Hidden size of each GRU direction.")
+    dim: int = Field(256, ge=1, le=MAX_WIDTH, description="Output size of h_s.")
+    gru_hidden: int = Field(256, ge=1, le=MAX_WIDTH, description="Hidden size of each GRU direction.")
 
 
 class SensorTemporalEncoder(nn.Module):

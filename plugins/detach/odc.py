@@ -16,13 +16,15 @@ from detach_framework.registry import ComponentParams
 
 
 class OdcParams(ComponentParams):
-    k: int = Field(7, ge=2, description="Clusters K = number of sensor locations.")
-    min_cluster_size: int = Field(100, ge=0, description="Clusters smaller than this are dissolved each epoch.")
+    k: int = Field(7, ge=2, le=1024, description="Clusters K = number of sensor locations.")
+    min_cluster_size: int = Field(
+        100, ge=0, le=10_000_000, description="Clusters smaller than this are dissolved each epoch."
+    )
     temperature: float = Field(0.1, gt=0, description="Cluster logits are cos(z_s, centroid) / temperature.")
     bank_momentum: float = Field(0.1, ge=0, lt=1, description="Bank update normalize(m*old + (1-m)*new).")
     balance_power: float = Field(0.5, ge=0, description="Class-balanced weights w_k = 1 / |C_k|^power.")
     max_weight_ratio: float = Field(10.0, ge=1, description="Clamp so that max(w) / min(w) <= this.")
-    kmeans_init: int = Field(10, ge=1, description="k-means restarts (scikit-learn n_init).")
+    kmeans_init: int = Field(10, ge=1, le=1000, description="k-means restarts (scikit-learn n_init).")
     time_warp: float = Field(0.2, ge=0, lt=1, description="Time-warp amplitude (fraction of L), 0 disables.")
 
 

@@ -11,17 +11,20 @@ from pydantic import Field
 from sklearn.metrics import normalized_mutual_info_score
 from torch import nn
 
+from detach_framework.contracts import AlignerBase
 from detach_framework.engine.distributed import broadcast_, gather, gather_with_grad
 from detach_framework.errors import UserError
-from detach_framework.registry import ComponentParams
+from detach_framework.registry import MAX_EPOCHS, ComponentParams
 
 
 class SpatialParams(ComponentParams):
     alpha: float = Field(1.0, ge=0, description="Weight of L_cluster in L_sensor.")
     beta: float = Field(1.5, ge=0, description="Weight of L_refine in L_sensor.")
-    warmup_epochs: int = Field(5, ge=0, description="Clustering only, all samples.")
-    joint_epochs: int = Field(10, ge=0, description="+ L_videospatial on confident samples.")
-    refine_epochs: int = Field(10, ge=0, description="+ L_refine on ambiguous samples (joint again if refine off).")
+    warmup_epochs: int = Field(5, ge=0, le=MAX_EPOCHS, description="Clustering only, all samples.")
+    joint_epochs: int = Field(10, ge=0, le=MAX_EPOCHS, description="+ L_videospatial on confident samples.")
+    refine_epochs: int = Field(
+        10, ge=0, le=MAX_EPOCHS, description="+ L_refine on ambiguous samples (joint again if refine off)."
+    )
     refine: bool = Field(True, description="Use L_refine (ablation: without refinement).")
     cluster_on: Literal["all", "confident"] = Field(
         "all", description="L_cluster after warm-up on all samples (paper) or confident only (authors' code)."
@@ -46,7 +49,7 @@ def masked_ce(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) ->
     return F.cross_entropy(logits[mask], labels[mask])
 
 
-class SpatialAligner(nn.Module):
+class SpatialAligner(AlignerBase):
     """Trains f_v (backbone + spatial head) and f_s with ODC pseudo-labels (sensor -> video on confident
     samples) and the video classifier's predictions (video -> sensor on ambiguous samples)."""
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from detach_framework.contracts import AlignerBase
 from detach_framework.engine.distributed import gather, gather_with_grad
 from detach_framework.errors import UserError
 from detach_framework.registry import ComponentParams
@@ -17,6 +18,8 @@ from detach_framework.registry import ComponentParams
 # Per negative type and epoch, at most this many W values are kept (a uniform sample) for the quantiles.
 W_RESERVOIR = 4096
 W_QUANTILES = torch.linspace(0, 1, 21)
+# Batch keys of the frozen spatial embeddings the trainer precomputes for this stage (fixed_outputs).
+FIXED_Z_V, FIXED_Z_S = "fixed_z_v", "fixed_z_s"
 
 
 class TemporalParams(ComponentParams):
@@ -78,7 +81,7 @@ def negative_types(labels: torch.Tensor, fixtures: torch.Tensor) -> dict[str, to
     }
 
 
-class TemporalAligner(nn.Module):
+class TemporalAligner(AlignerBase):
     """Trains g_v and g_s only; f_v and f_s stay frozen. Keeps EMA momentum copies of g_v and g_s."""
 
     def __init__(self, params: TemporalParams, model: nn.Module, loss: nn.Module | None) -> None:
@@ -147,10 +150,17 @@ class TemporalAligner(nn.Module):
                 record[f"w_{kind}_quantiles"] = [round(float(q), 5) for q in torch.quantile(values, W_QUANTILES)]
         return record
 
+    def fixed_outputs(self, model: nn.Module) -> dict[str, Any]:
+        # f_v and f_s are frozen in this stage and see each window as it is (no augmentation): z_v and z_s
+        # are fixed per window, so the trainer computes them once instead of at every step.
+        return {FIXED_Z_V: model.encode_video, FIXED_Z_S: model.encode_sensor}
+
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         with torch.no_grad():  # the spatial branch is frozen in this stage
             video_input = model.video_temporal_input(batch)
-            z_v, z_s = gather(model.encode_video(batch)), gather(model.encode_sensor(batch))
+            z_v = batch[FIXED_Z_V] if FIXED_Z_V in batch else model.encode_video(batch)
+            z_s = batch[FIXED_Z_S] if FIXED_Z_S in batch else model.encode_sensor(batch)
+            z_v, z_s = gather(z_v), gather(z_s)
             hm_v, hm_s = gather(self.momentum_video(video_input)), gather(self.momentum_sensor(batch["sensor"]))
         # W and the loss are built on the global batch when several processes train together.
         h_v = gather_with_grad(model.video_temporal_head(video_input))

@@ -18,7 +18,7 @@ from detach_framework.evaluation import (
     weighted_f1,
 )
 from detach_framework.plugins import hookimpl
-from detach_framework.registry import ComponentParams, Registry
+from detach_framework.registry import MAX_BATCH_SIZE, MAX_EPOCHS, ComponentParams, Registry
 
 from . import recording_probe
 from .probe_fit import ProbeFitParams
@@ -27,9 +27,9 @@ CONFUSION_PNG = "confusion_matrix.png"
 
 
 class LinearProbeParams(ProbeFitParams):
-    epochs: PositiveInt = Field(30, description="Training epochs of the linear classifier.")
+    epochs: PositiveInt = Field(30, le=MAX_EPOCHS, description="Training epochs of the linear classifier.")
     lr: float = Field(1e-3, gt=0, description="Adam learning rate.")
-    batch_size: PositiveInt = Field(256, description="Mini-batch size.")
+    batch_size: PositiveInt = Field(256, le=MAX_BATCH_SIZE, description="Mini-batch size.")
     weight_decay: float = Field(0.0, ge=0, description="Adam weight decay (L2 on the classifier).")
     standardize: bool = Field(
         True, description="Standardise each feature with the train split's mean and std before fitting."
@@ -40,6 +40,7 @@ class RetrievalParams(ComponentParams):
     ks: list[PositiveInt] = Field(
         default_factory=lambda: [1, 5, 10],
         min_length=1,
+        max_length=64,
         description="Cut-offs k of recall@k (a k above the test size counts as the test size).",
     )
 

@@ -19,7 +19,7 @@ from detach_framework.evaluation import (
     plot_confusion_matrix,
     weighted_f1,
 )
-from detach_framework.registry import Registry
+from detach_framework.registry import MAX_BATCH_SIZE, MAX_EPOCHS, Registry
 
 from .probe_fit import ProbeFitParams
 
@@ -30,9 +30,11 @@ class RecordingProbeParams(ProbeFitParams):
     features: Literal["probe", "sensor", "video"] = Field(
         "probe", description="Which embeddings are averaged per recording (probe: the sensor probe features)."
     )
-    epochs: PositiveInt = Field(200, description="Training epochs of the linear classifier (few samples).")
+    epochs: PositiveInt = Field(
+        200, le=MAX_EPOCHS, description="Training epochs of the linear classifier (few samples)."
+    )
     lr: float = Field(1e-2, gt=0, description="Adam learning rate.")
-    batch_size: PositiveInt = Field(64, description="Mini-batch size.")
+    batch_size: PositiveInt = Field(64, le=MAX_BATCH_SIZE, description="Mini-batch size.")
     weight_decay: float = Field(0.0, ge=0, description="Adam weight decay.")
     standardize: bool = Field(True, description="Standardise features with the train recordings' statistics.")
 

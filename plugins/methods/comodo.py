@@ -21,9 +21,10 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from detach_framework.contracts import AlignerBase
 from detach_framework.errors import UserError
 from detach_framework.plugins import hookimpl
-from detach_framework.registry import ComponentParams
+from detach_framework.registry import MAX_WIDTH, ComponentParams
 
 from .queues import FeatureQueue
 
@@ -37,7 +38,7 @@ class ComodoParams(ComponentParams):
         description="Student head onto the teacher space; none keeps the sensor embedding in the video space "
         "(retrieval stays meaningful) and needs equal dims.",
     )
-    projection_hidden: int = Field(512, ge=1, description="Hidden width of the mlp projector.")
+    projection_hidden: int = Field(512, ge=1, le=MAX_WIDTH, description="Hidden width of the mlp projector.")
     center_teacher: bool = Field(
         False,
         description="Not in COMODO: subtract the bank's mean teacher vector before the cosines. A fixed camera's "
@@ -55,7 +56,7 @@ def distillation_loss(
     return -(target * F.log_softmax(student @ bank.T / student_tau, dim=1)).sum(dim=1).mean()
 
 
-class ComodoAligner(nn.Module):
+class ComodoAligner(AlignerBase):
     def __init__(self, params: ComodoParams, model: nn.Module, loss: nn.Module | None) -> None:
         super().__init__()
         if loss is not None:

@@ -26,17 +26,20 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from detach_framework.contracts import AlignerBase
 from detach_framework.errors import UserError
 from detach_framework.plugins import hookimpl
-from detach_framework.registry import ComponentParams
+from detach_framework.registry import MAX_SENSOR_LENGTH, MAX_WIDTH, ComponentParams
 
 
 class EviMaeParams(ComponentParams):
     mask_ratio: float = Field(0.75, gt=0, lt=1, description="Fraction of tokens masked in each modality.")
-    video_patch: int = Field(16, ge=1, description="Side of a video token in pixels.")
-    video_target_size: int = Field(4, ge=1, description="Each video token's pixels are pooled to this side.")
-    sensor_patch: int = Field(8, ge=1, description="Time steps per sensor token (divides the sensor length).")
-    decoder_hidden: int = Field(256, ge=1, description="Hidden width of both decoders.")
+    video_patch: int = Field(16, ge=1, le=1024, description="Side of a video token in pixels.")
+    video_target_size: int = Field(4, ge=1, le=64, description="Each video token's pixels are pooled to this side.")
+    sensor_patch: int = Field(
+        8, ge=1, le=MAX_SENSOR_LENGTH, description="Time steps per sensor token (divides the sensor length)."
+    )
+    decoder_hidden: int = Field(256, ge=1, le=MAX_WIDTH, description="Hidden width of both decoders.")
     video_weight: float = Field(1.0, ge=0, description="Weight of the video reconstruction.")
     sensor_weight: float = Field(1.0, ge=0, description="Weight of the sensor reconstruction.")
     contrastive_weight: float = Field(0.01, ge=0, description="Weight of the cross-modal contrastive term.")
@@ -72,7 +75,7 @@ def video_patch_targets(frames: torch.Tensor, grid: tuple[int, int], size: int) 
     return pooled.reshape(b, t, h, w, c * size * size)
 
 
-class EviMaeAligner(nn.Module):
+class EviMaeAligner(AlignerBase):
     def __init__(self, params: EviMaeParams, model: nn.Module, loss: nn.Module | None) -> None:
         super().__init__()
         if params.contrastive_weight > 0:

@@ -9,32 +9,31 @@ aligner `global_contrastive` (one vector per clip and per window, aligned end to
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field
 from torch import nn
 
+from detach_framework.contracts import AlignerBase
 from detach_framework.engine.distributed import gather_with_grad
 from detach_framework.errors import UserError
 from detach_framework.plugins import hookimpl
-from detach_framework.registry import ComponentParams
+from detach_framework.registry import MAX_SENSOR_LENGTH, MAX_WIDTH, ComponentParams, Width
 
 
 class Imu2ClipSensorParams(ComponentParams):
-    dim: int = Field(256, ge=1, description="Output embedding size.")
-    channels: list[int] = Field([64, 128, 128], description="Output channels of the three conv blocks.")
-    kernels: list[int] = Field([10, 5, 5], description="Kernel sizes of the three conv blocks.")
-    gru_hidden: int = Field(256, ge=1, description="GRU hidden size.")
+    dim: int = Field(256, ge=1, le=MAX_WIDTH, description="Output embedding size.")
+    channels: list[Width] = Field(
+        [64, 128, 128], min_length=3, max_length=3, description="Output channels of the three conv blocks."
+    )
+    kernels: list[Annotated[int, Field(ge=1, le=MAX_SENSOR_LENGTH)]] = Field(
+        [10, 5, 5], min_length=3, max_length=3, description="Kernel sizes of the three conv blocks."
+    )
+    gru_hidden: int = Field(256, ge=1, le=MAX_WIDTH, description="GRU hidden size.")
     gru_layers: int = Field(1, ge=1, le=4, description="Stacked GRU layers.")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout before the output projection.")
-
-    @field_validator("channels", "kernels")
-    @classmethod
-    def _three_positive(cls, value: list[int]) -> list[int]:
-        if len(value) != 3 or min(value) < 1:
-            raise ValueError("expected three positive integers")
-        return value
 
 
 class Imu2ClipSensorEncoder(nn.Module):
@@ -67,8 +66,10 @@ def _groups(channels: int, wanted: int = 4) -> int:
 
 
 class PooledProjectionParams(ComponentParams):
-    dim: int = Field(256, ge=1, description="Output embedding size.")
-    hidden: int | None = Field(None, ge=1, description="Hidden width of a two-layer MLP (null: one linear).")
+    dim: int = Field(256, ge=1, le=MAX_WIDTH, description="Output embedding size.")
+    hidden: int | None = Field(
+        None, ge=1, le=MAX_WIDTH, description="Hidden width of a two-layer MLP (null: one linear)."
+    )
 
 
 class PooledProjectionHead(nn.Module):
@@ -135,7 +136,7 @@ class GlobalContrastiveParams(ComponentParams):
     pass
 
 
-class GlobalContrastiveAligner(nn.Module):
+class GlobalContrastiveAligner(AlignerBase):
     """Global alignment: one vector per clip and per window, the loss between them; trains everything."""
 
     def __init__(self, params: GlobalContrastiveParams, model: nn.Module, loss: nn.Module) -> None:
@@ -167,6 +168,7 @@ def detach_register_components(registry) -> None:
         name="imu2clip_sensor",
         factory=Imu2ClipSensorEncoder,
         params=Imu2ClipSensorParams,
+        embedding_field="dim",
         description="IMU2CLIP sensor encoder: GroupNorm, conv blocks k10/5/5, GroupNorm, GRU.",
     )
     registry.add(
@@ -174,6 +176,7 @@ def detach_register_components(registry) -> None:
         name="pooled_projection",
         factory=PooledProjectionHead,
         params=PooledProjectionParams,
+        embedding_field="dim",
         description="Whole-clip vector: average over frames and space, then a projection.",
     )
     registry.add(

@@ -16,9 +16,10 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from detach_framework.contracts import AlignerBase
 from detach_framework.errors import UserError
 from detach_framework.plugins import hookimpl
-from detach_framework.registry import ComponentParams
+from detach_framework.registry import MAX_WIDTH, ComponentParams
 
 from .queues import FeatureQueue
 
@@ -26,10 +27,10 @@ from .queues import FeatureQueue
 class PrimusParams(ComponentParams):
     ssl_weight: float = Field(0.5, ge=0, description="Weight of the sensor self-supervision (L_SS + L_NN).")
     nearest_neighbour: bool = Field(True, description="Add the NNCLR term L_NN (off: SimCLR only).")
-    queue_size: int = Field(8192, ge=1, description="NNCLR support-set (queue) size.")
+    queue_size: int = Field(8192, ge=1, le=262_144, description="NNCLR support-set (queue) size.")
     ssl_temperature: float = Field(0.1, gt=0, description="Temperature of L_SS and L_NN.")
-    projection_dim: int = Field(128, ge=1, description="Output size of the SSL projection head.")
-    projection_hidden: int = Field(256, ge=1, description="Hidden width of the SSL projection head.")
+    projection_dim: int = Field(128, ge=1, le=MAX_WIDTH, description="Output size of the SSL projection head.")
+    projection_hidden: int = Field(256, ge=1, le=MAX_WIDTH, description="Hidden width of the SSL projection head.")
     noise_std: float = Field(0.05, ge=0, description="Gaussian noise std, as a fraction of each channel's std.")
     scale_std: float = Field(0.1, ge=0, description="Std of the per-channel scale factor (mean 1).")
 
@@ -70,7 +71,7 @@ def nnclr_loss(a: torch.Tensor, b: torch.Tensor, support: torch.Tensor, temperat
     return 0.5 * (forward + backward)
 
 
-class PrimusAligner(nn.Module):
+class PrimusAligner(AlignerBase):
     """Trains the video side and the sensor encoder end to end, like IMU2CLIP, plus the sensor SSL terms."""
 
     def __init__(self, params: PrimusParams, model: nn.Module, loss: nn.Module | None) -> None:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from detach_framework.contracts import AlignerBase
 from detach_framework.errors import UserError
 from detach_framework.plugins import hookimpl
 from detach_framework.registry import ComponentParams
@@ -23,7 +24,7 @@ class SupervisedParams(ComponentParams):
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the embedding before the classifier.")
 
 
-class SupervisedAligner(nn.Module):
+class SupervisedAligner(AlignerBase):
     def __init__(self, params: SupervisedParams, model: nn.Module, loss: nn.Module | None) -> None:
         super().__init__()
         if loss is not None:

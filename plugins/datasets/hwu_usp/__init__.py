@@ -14,7 +14,7 @@ import numpy as np
 
 from detach_framework.data.recordings import DataSkipWarning
 from detach_framework.data.settings import DataSettings
-from detach_framework.data.video import VideoError, probe_video
+from detach_framework.data.video import describe_video
 from detach_framework.errors import UserError
 from detach_framework.plugins import hookimpl
 from detach_framework.registry import Registry
@@ -33,6 +33,7 @@ def inspect_hwu_usp(root: str | Path) -> str:
     lines = [f"hwu_usp at {root}", f"recordings: {len(files)} ({len({f.subject for f in files})} subjects)"]
     lines.append(f"  {'recording':<16} {'rows':>6} {'seconds':>8} {'rate Hz':>8}  {'csv':<10} video")
     nan_sum, rows_total = None, 0
+    damaged: list[str] = []  # one line per damaged video, below the table
     for f in files:
         table = read_ambient_csv(f.ambient)
         seconds, unit = timestamp_seconds(table.times)
@@ -42,13 +43,13 @@ def inspect_hwu_usp(root: str | Path) -> str:
         rows_total += stream.shape[1]
         video = "-"
         if f.video is not None:
-            try:
-                info = probe_video(f.video)
-                video = f"{f.video.name}: {info.fps:g} fps {info.width}x{info.height} {info.duration:.1f} s"
-            except VideoError as exc:
-                video = f"unreadable ({exc})"
+            facts, damage = describe_video(f.video)
+            video = f"{f.video.name}: {facts}"
+            if damage:
+                damaged.append(damage)
         csv_kind = f"{'hdr' if table.header else 'no hdr'} {table.delimiter!r} {unit}"
         lines.append(f"  {f.name:<16} {stream.shape[1]:>6} {seconds[-1]:>8.1f} {rate:>8.1f}  {csv_kind:<10} {video}")
+    lines += damaged
     lines.append("NaN fraction per channel (all recordings):")
     lines += [f"  {c:<18} {v / max(rows_total, 1):.4f}" for c, v in zip(p.channels, nan_sum, strict=True)]
     lines.append(f"label counts per split (fold {p.fold}; windows):")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import Field
@@ -22,6 +22,7 @@ from .formats import (
     CHANNELS,
     DETACH_CHANNELS,
     FOLDS,
+    NUM_SUBJECTS,
     RECORDING_PATTERN,
     SENSOR_RATE_HZ,
     VIDEO_EXCLUDE,
@@ -37,13 +38,18 @@ class HwuUspParams(ComponentParams):
     channels: list[str] = Field(
         default_factory=lambda: list(DETACH_CHANNELS),
         min_length=1,
+        max_length=len(CHANNELS),
         description=f"Ambient channels by name (default: DETACH's 6; all 11: {', '.join(CHANNELS)}).",
     )
     fold: int = Field(0, ge=0, lt=len(FOLDS), description="Fold of the 8-fold leave-2-subjects-out protocol.")
-    val_subjects: list[int] = Field(
-        default_factory=list, description="Training subjects moved to the val split (e.g. [3])."
+    val_subjects: list[Annotated[int, Field(ge=1, le=NUM_SUBJECTS)]] = Field(
+        default_factory=list,
+        max_length=NUM_SUBJECTS,
+        description="Training subjects moved to the val split (e.g. [3]).",
     )
-    video_offset_ms: float = Field(0.0, description="Video clock minus sensor clock (ms).")
+    video_offset_ms: float = Field(
+        0.0, ge=-3_600_000, le=3_600_000, description="Video clock minus sensor clock (ms, at most an hour)."
+    )
     missing_video: Literal["skip", "error"] = Field(
         "skip", description="A recording without RGB video: leave it out (counted and reported) or fail."
     )

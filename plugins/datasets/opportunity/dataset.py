@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import Field
@@ -62,15 +62,17 @@ class OpportunityParams(ComponentParams):
     """Opportunity (UCI release): 250-column .dat runs, ambient channels, label track classes by raw id."""
 
     root: str = Field(description="Dataset root (holding dataset/S1-ADL1.dat or OpportunityUCIDataset/).")
-    channels: list[int] = Field(
+    channels: list[Annotated[int, Field(ge=1, le=NUM_COLUMNS)]] = Field(
         default_factory=lambda: list(AMBIENT_COLUMNS),
         min_length=1,
+        max_length=NUM_COLUMNS,
         description="1-based sensor columns to use (default: the 37 ambient channels 195-231).",
     )
     track: str = Field(DEFAULT_TRACK, description="Label track (column_names.txt's label columns).")
     classes: list[int] = Field(
         default_factory=lambda: list(OPEN_CLOSE_IDS),
         min_length=1,
+        max_length=1024,
         description="Raw label ids of the classes (default: the 14 open/close ids); others count as Null.",
     )
     split: Literal["challenge", "loso", "custom"] = Field(
@@ -97,7 +99,11 @@ class OpportunityPPParams(OpportunityParams):
     root: str = Field(description="Dataset root (holding data/<RUN>/<RUN>_sensors_data.txt).")
     blank_video: bool = Field(False, description="Serve blank frames instead of the side video (ablations).")
     video_offset_ms: float = Field(
-        0.0, description="Video clock minus sensor clock (ms): the video shows sensor time t at t + offset."
+        0.0,
+        ge=-3_600_000,
+        le=3_600_000,
+        description="Video clock minus sensor clock (ms, at most an hour): the video shows sensor time t at "
+        "t + offset.",
     )
     estimate_offset: bool = Field(
         False,

@@ -14,7 +14,7 @@ from detach_framework.errors import UserError
 from detach_framework.plugins import hookimpl
 from detach_framework.registry import Registry
 
-from .dataset import KitchenSplit, SyntheticKitchen, resample_linear, resolve_nan
+from .dataset import KitchenSplit, SyntheticKitchen, check_fits_in_memory, resample_linear, resolve_nan
 from .opportunity_pp import export_opportunity_pp
 from .presets import PRESETS, Knobs, SyntheticKitchenParams
 from .scene import Recording, generate_recordings
@@ -38,6 +38,7 @@ def build_synthetic_kitchen(params: SyntheticKitchenParams, data: DataSettings) 
     if params.root is None:
         seed = data.seed if params.seed is None else params.seed
         knobs = params.resolve_knobs()
+        check_fits_in_memory(knobs, data)
         return SyntheticKitchen(generate_recordings(knobs, seed), knobs, seed, params.preset, data)
     stored = load_recordings(Path(params.root))
     # A stored kitchen fixes its own knobs and seed: a request for different ones cannot be honoured.
@@ -53,6 +54,7 @@ def build_synthetic_kitchen(params: SyntheticKitchenParams, data: DataSettings) 
         raise UserError(
             f"synthetic_kitchen: root {params.root} was generated with seed {stored.seed}, not {params.seed}"
         )
+    check_fits_in_memory(stored.knobs, data)
     return SyntheticKitchen(stored.recordings, stored.knobs, stored.seed, stored.preset, data)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,44 @@ from .scene import Recording, frame_states
 from .storage import export_recordings
 
 SPLIT_FRACTIONS = {"val": 0.2, "test": 0.2}  # of the subjects; the rest train
+
+# What building a kitchen holds in memory, in bytes: per raw sensor value, the float32 stream kept in its
+# Recording; per window and channel step, the float64 resampled windows of every split, one split's float64
+# z-scores and the float32 copy kept; per window, its WindowTable row. Video is rendered per sample, never held.
+_STREAM_VALUE_BYTES = 4
+_WINDOW_VALUE_BYTES = 8 + 8 + 4
+_WINDOW_ROW_BYTES = 6 * 8
+# Generating one recording takes a few float64 copies of its stream at once (signal, extents, noise, wander).
+_GENERATION_COPIES = 6
+MEMORY_SHARE = 0.5  # of the machine's physical memory a kitchen may take
+
+
+def estimated_bytes(knobs: Knobs, data: DataSettings) -> int:
+    """Peak memory of generating the kitchen of `knobs` and cutting its windows for `data`."""
+    channels = len(channel_layout().names)
+    stream = int(round(knobs.recording_seconds * SENSOR_RATE_HZ)) * channels
+    recordings = knobs.subjects * knobs.recordings_per_subject
+    per_recording = int((knobs.recording_seconds - data.window_seconds) / data.stride_seconds + 1e-9) + 1
+    windows = recordings * max(per_recording, 0)
+    return (
+        recordings * stream * _STREAM_VALUE_BYTES
+        + _GENERATION_COPIES * stream * 8
+        + windows * (channels * data.sensor_length * _WINDOW_VALUE_BYTES + _WINDOW_ROW_BYTES)
+    )
+
+
+def check_fits_in_memory(knobs: Knobs, data: DataSettings) -> None:
+    """Refuse, before generating anything, a kitchen that would take more than MEMORY_SHARE of the machine."""
+    needed = estimated_bytes(knobs, data)
+    physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if needed > MEMORY_SHARE * physical:
+        raise UserError(
+            f"synthetic_kitchen: subjects={knobs.subjects} x recordings_per_subject={knobs.recordings_per_subject} "
+            f"x recording_seconds={knobs.recording_seconds:g} with data.window_seconds={data.window_seconds:g}, "
+            f"data.stride_seconds={data.stride_seconds:g} and data.sensor_length={data.sensor_length} needs about "
+            f"{needed / 1e9:.1f} GB of memory, more than {MEMORY_SHARE:.0%} of this machine's "
+            f"{physical / 1e9:.1f} GB: make the kitchen or its windows smaller"
+        )
 
 
 def subject_splits(subjects: int, seed: int) -> dict[str, list[int]]:

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from detach_framework.registry import ComponentParams
+from detach_framework.registry import MAX_SEED, ComponentParams
 
 PresetName = Literal["tiny", "quickstart", "benchmark"]
 
@@ -98,38 +98,41 @@ class SyntheticKitchenParams(ComponentParams):
         "windows), 'benchmark' (~12 000 windows, the calibrated sensor-side nuisances).",
     )
     subjects: int | None = Field(
-        None, ge=3, description="Number of subjects (split subject-wise into train/val/test; at least 3)."
+        None, ge=3, le=1000, description="Number of subjects (split subject-wise into train/val/test; at least 3)."
     )
-    recordings_per_subject: int | None = Field(None, ge=1, description="Recordings per subject.")
+    recordings_per_subject: int | None = Field(None, ge=1, le=1000, description="Recordings per subject.")
+    # Generation time grows with the square of a recording's length (every action spans the whole stream).
     recording_seconds: float | None = Field(
-        None, ge=10.0, description="Length of each recording in seconds (sensor clock)."
+        None, ge=10.0, le=3600.0, description="Length of each recording in seconds (sensor clock, at most an hour)."
     )
     sensor_noise_std: float | None = Field(
-        None, ge=0.0, description="Gaussian noise std on every channel, in units of an action's peak."
+        None, ge=0.0, le=100.0, description="Gaussian noise std on every channel, in units of an action's peak."
     )
     crosstalk_gain: float | None = Field(
         None,
         ge=0.0,
+        le=10.0,
         description="Fraction of a fixture's vibration felt by its nearest neighbour's accelerometer.",
     )
     walking_vibration_gain: float | None = Field(
-        None, ge=0.0, description="Footstep vibration on every accelerometer, in units of an action's peak."
+        None, ge=0.0, le=100.0, description="Footstep vibration on every accelerometer, in units of an action's peak."
     )
     nan_burst_rate: float | None = Field(
-        None, ge=0.0, description="NaN bursts (packet loss) per channel group per minute of raw stream."
+        None, ge=0.0, le=60.0, description="NaN bursts (packet loss) per channel group per minute of raw stream."
     )
     max_clock_offset_s: float | None = Field(
-        None, ge=0.0, description="Each recording's video clock is offset by U(-max, max) seconds."
+        None, ge=0.0, le=60.0, description="Each recording's video clock is offset by U(-max, max) seconds."
     )
     flicker_amplitude: float | None = Field(
         None, ge=0.0, le=0.5, description="Relative amplitude of the global illumination flicker."
     )
     camera_jitter_px: float | None = Field(
-        None, ge=0.0, description="Camera shake std in pixels at a 64-pixel frame (scales with frame size)."
+        None, ge=0.0, le=64.0, description="Camera shake std in pixels at a 64-pixel frame (scales with frame size)."
     )
     fixture_motion_px: float | None = Field(
         None,
         ge=0.0,
+        le=64.0,
         description="How far a fully open fixture's panel shifts, in pixels at a 64-pixel frame (the P1 "
         "signal; scales with frame size).",
     )
@@ -142,6 +145,7 @@ class SyntheticKitchenParams(ComponentParams):
     max_hold_s: float | None = Field(
         None,
         ge=0.4,
+        le=600.0,
         description="A fixture is held open U(0.4, max) seconds (divided by the subject's speed) between its "
         "open and close.",
     )
@@ -155,6 +159,7 @@ class SyntheticKitchenParams(ComponentParams):
     baseline_wander_gain: float | None = Field(
         None,
         ge=0.0,
+        le=100.0,
         description="Slow baseline wander of every accelerometer (bias drift, 0.03-0.3 Hz), std in units of "
         "an action's peak (0: none).",
     )
@@ -183,7 +188,7 @@ class SyntheticKitchenParams(ComponentParams):
         description="Read a dataset previously written by SyntheticKitchen.export from this directory "
         "instead of generating one (knob overrides and a different preset or seed are then errors).",
     )
-    seed: int | None = Field(None, description="Generation seed; None uses data.seed.")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Generation seed; None uses data.seed.")
 
     def knob_overrides(self) -> dict[str, float | int]:
         """The knobs this params set explicitly (not None)."""
