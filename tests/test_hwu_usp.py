@@ -4,6 +4,7 @@ the recording-level linear probe (by hand), every bad input of the issue, and a 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -17,7 +18,7 @@ from detach_framework.cli import main
 from detach_framework.contracts import EmbeddingSet, EvalContext
 from detach_framework.data.recordings import DataSkipWarning
 from detach_framework.data.settings import DataSettings
-from detach_framework.data.video import read_index
+from detach_framework.data.video import VideoError, read_index
 from detach_framework.errors import UserError
 from detach_plugins.datasets.hwu_usp import HwuUspParams, build_hwu_usp
 from detach_plugins.datasets.hwu_usp.dataset import discover_recordings
@@ -242,6 +243,19 @@ def test_bad_video_shorter_than_the_sensor_stream(copied):
     with pytest.warns(DataSkipWarning, match=r"table_s01: 3 of 4 windows fall outside its video"):
         source = build_hwu_usp(HwuUspParams(root=str(copied)), DATA)
     assert source.skips["windows_outside_video"] == 3
+
+
+def test_bad_damaged_video_header_is_named_by_inspect_and_stops_the_build(copied, capsys):
+    files = next(f for f in discover_recordings(copied) if f.video.suffix == ".avi")
+    files.video.write_bytes(bytes(64) + files.video.read_bytes()[64:])
+    assert main(["data", "inspect", str(copied), "--dataset", "hwu_usp"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert f"{files.video.name}: damaged" in next(line for line in lines if line.startswith(f"  {files.name} "))
+    damaged = [line for line in lines if line.startswith("video ")]
+    assert len(damaged) == 1 and damaged[0].startswith(f"video {files.video}: damaged header (it reads only as a bare")
+    assert sum("25 fps 32x24" in line for line in lines) == 35  # every other recording is still inspected
+    with pytest.raises(VideoError, match=re.escape(f"{files.video}: damaged header")):
+        build(copied)
 
 
 def test_bad_all_nan_channel(copied):

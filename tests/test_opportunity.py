@@ -5,6 +5,7 @@ reader on the synthetic kitchen written in that layout."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -302,6 +303,34 @@ def test_bad_corrupt_video_names_the_file(roots, tmp_path):
     path.write_bytes(b"not a video at all" * 50)
     with pytest.raises(VideoError, match=f"{path}: not a readable video"):
         pp(root)
+
+
+def test_bad_damaged_video_header_is_named_by_inspect_and_stops_training(roots, tmp_path, capsys):
+    root = copy(roots, tmp_path)
+    path = root / "data" / "S3-ADL2" / "S3-ADL2_side.avi"
+    path.write_bytes(bytes(64) + path.read_bytes()[64:])  # the RIFF header is gone; FFmpeg guesses a bare stream
+    assert main(["data", "inspect", str(root), "--dataset", "opportunity_pp"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    row = next(line for line in lines if line.startswith("  S3-ADL2 "))
+    assert "damaged" in row and "25 fps" not in row and "0.0 s" not in row  # was "25 fps 64x48 0.0 s"
+    assert [line for line in lines if line.startswith("video ")] == [
+        f"video {path}: damaged header (it reads only as a bare 'mjpeg' stream without timestamps, at an assumed "
+        "25 fps); restore the file, or remux a raw stream into .mp4 or .avi"
+    ]
+    assert sum("10 fps 64x48" in line for line in lines) == 6  # the other runs are still inspected
+    for missing_video in ("skip", "error"):  # damaged is not missing: never a silent skip of its windows
+        with pytest.raises(VideoError, match=re.escape(f"{path}: damaged header")):
+            pp(root, missing_video=missing_video)
+    spec = tiny_spec()
+    spec["data"]["dataset"] = {"name": "opportunity_pp", "root": str(root), "val_runs": ["S1-Drill"]}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataSkipWarning)
+        assert main(["train", str(tmp_path / "spec.yaml"), "--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    naming = [line for line in err.splitlines() if str(path) in line]
+    assert "Traceback" not in err and len(naming) == 1
+    assert naming[0].startswith(f"detach train: error: {path}: damaged header")
 
 
 def test_bad_all_nan_channel_is_zeroed_counted_and_reported(roots):

@@ -6,6 +6,7 @@ Every test video shows its own frame index (index_frame), so which frame was rea
 from __future__ import annotations
 
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from detach_framework.data.video import (
     VideoError,
     VideoReader,
+    describe_video,
     index_frame,
     probe_video,
     read_index,
@@ -123,6 +125,53 @@ def test_truncated_avi_fails_when_read_past_the_cut(videos, tmp_path):
     assert read_index(reader.read([1.0])[0]) == 10  # the first half still reads
     with pytest.raises(VideoError, match=r"cut\.avi: "):
         reader.read([11.0])
+
+
+# An .avi whose RIFF header is overwritten still "opens" in FFmpeg as a bare stream at a made-up 25 fps with no
+# duration; a training used to drop every window of it as "outside the video" and `data inspect` said "25 fps 0.0 s".
+DAMAGED_HEADER = {
+    "mjpeg": r"damaged header \(it reads only as a bare 'mjpeg' stream without timestamps",
+    "mpeg4": r"damaged header \(it reads only as a bare 'm4v' stream without timestamps",
+    "libx264": r"not a readable video \(corrupt or truncated\?\): Invalid data",  # mp4 never opens without it
+}
+
+
+@pytest.mark.parametrize("codec", [c[0] for c in CASES])
+@pytest.mark.parametrize(
+    "junk",
+    [bytes(64), np.random.default_rng(1).integers(0, 256, 4096, np.uint8).tobytes()],
+    ids=["zeros_64", "junk_4096"],
+)
+def test_damaged_header_is_named_not_read_at_a_default_rate(videos, tmp_path, codec, junk):
+    original = videos[codec][0]
+    path = tmp_path / f"damaged{original.suffix}"
+    path.write_bytes(junk + original.read_bytes()[len(junk) :])
+    expected = f"{re.escape(str(path))}: {DAMAGED_HEADER[codec]}"
+    with pytest.raises(VideoError, match=expected):
+        probe_video(path)
+    with pytest.raises(VideoError, match=expected):
+        VideoReader(path)
+    facts, damage = describe_video(path)
+    assert facts == "damaged" and damage.startswith(f"video {path}: ") and "damaged" in damage
+    assert "\n" not in damage and str(path) not in damage.removeprefix(f"video {path}: ")  # FFmpeg's repeat cut
+
+
+def test_header_that_counts_no_frames_is_named(videos, tmp_path):
+    data = bytearray(videos["mjpeg"][0].read_bytes())
+    total_frames = data.index(b"avih") + 8 + 16  # AVIMAINHEADER.dwTotalFrames
+    stream_length = data.index(b"strh") + 8 + 32  # AVISTREAMHEADER.dwLength
+    for offset in (total_frames, stream_length):
+        data[offset : offset + 4] = bytes(4)
+    path = tmp_path / "no_frames.avi"
+    path.write_bytes(bytes(data))
+    reason = "damaged header (the 'avi' container reports no frames or no duration)"
+    with pytest.raises(VideoError, match=re.escape(f"{path}: {reason}")):
+        VideoReader(path)
+    assert describe_video(path) == ("damaged", f"video {path}: {reason}")
+
+
+def test_describe_video_of_a_readable_file(videos):
+    assert describe_video(videos["mjpeg"][0]) == ("10 fps 64x48 12.0 s", None)
 
 
 def test_corrupt_bytes_inside_a_file_are_named(videos, tmp_path):

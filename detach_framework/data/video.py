@@ -3,7 +3,9 @@
 `VideoReader.read(times, size)` returns the frames shown at the given times (seconds from the first
 frame): it seeks to the keyframe before the earliest time and decodes forward only as far as the latest,
 so a window never costs a decode of the whole file. A corrupt or truncated file raises `VideoError`
-naming the file.
+naming the file, and so does one whose header is damaged: FFmpeg then often still "opens" it as a bare
+stream with made-up timestamps at a default 25 fps and no duration, which would silently misplace or drop
+every window.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from detach_framework.errors import UserError
 
 # A time this close after a frame's timestamp still shows that frame (float rounding of pts * time_base).
 _TIME_EPS = 1e-6
+# FFmpeg's AVFMT_NOTIMESTAMPS (a stable ABI value; not every PyAV version names it): the demuxer of a bare
+# elementary stream, which is what an .avi whose RIFF header is overwritten is probed as (an .mp4 never opens).
+_AVFMT_NOTIMESTAMPS = 0x0080
 
 
 class VideoError(UserError):
@@ -57,7 +62,9 @@ def _open(path: Path) -> av.container.InputContainer:
         raise VideoError(f"video file not found: {path}")
     try:
         container = av.open(str(path), mode="r")
-    except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
+    except av.FFmpegError as exc:  # its str() repeats the path and an errno: keep FFmpeg's reason only
+        raise VideoError(f"{path}: not a readable video (corrupt or truncated?): {exc.strerror}") from None
+    except (OSError, UnicodeDecodeError) as exc:
         raise VideoError(f"{path}: not a readable video (corrupt or truncated?): {exc}") from None
     if not container.streams.video:
         container.close()
@@ -71,6 +78,12 @@ def _stream_facts(path: Path, stream: av.video.stream.VideoStream, container) ->
     if not rate:
         raise VideoError(f"{path}: the video stream declares no frame rate")
     fps = float(rate)
+    fmt = container.format
+    if int(fmt.flags) & _AVFMT_NOTIMESTAMPS:
+        raise VideoError(
+            f"{path}: damaged header (it reads only as a bare '{fmt.name}' stream without timestamps, at an "
+            f"assumed {fps:g} fps); restore the file, or remux a raw stream into .mp4 or .avi"
+        )
     start = int(stream.start_time or 0)
     if stream.duration is not None and stream.time_base is not None:
         duration = float(stream.duration * stream.time_base)
@@ -79,6 +92,8 @@ def _stream_facts(path: Path, stream: av.video.stream.VideoStream, container) ->
     else:
         duration = stream.frames / fps if stream.frames else 0.0
     frames = int(stream.frames) if stream.frames else int(round(duration * fps))
+    if not duration > 0 or frames < 1:  # `not >` also catches NaN
+        raise VideoError(f"{path}: damaged header (the '{fmt.name}' container reports no frames or no duration)")
     return fps, duration, frames, start
 
 
@@ -92,6 +107,18 @@ def probe_video(path: str | Path) -> VideoInfo:
         return VideoInfo(path, fps, stream.width, stream.height, duration, frames, stream.codec_context.name)
     finally:
         container.close()
+
+
+def describe_video(path: str | Path) -> tuple[str, str | None]:
+    """For `data inspect`: (facts such as '10 fps 64x48 16.6 s', None) for a file training can read, or
+    ('damaged', one line naming the file and why) for one it would refuse."""
+    path = Path(path)
+    try:
+        info = probe_video(path)
+    except VideoError as exc:
+        reason = str(exc).removeprefix(f"{path}: ")
+        return "damaged", f"video {path}: {reason if reason.startswith('damaged') else f'damaged ({reason})'}"
+    return f"{info.fps:g} fps {info.width}x{info.height} {info.duration:.1f} s", None
 
 
 class VideoReader:

@@ -10,7 +10,7 @@ import numpy as np
 
 from detach_framework.data.recordings import DataSkipWarning
 from detach_framework.data.settings import DataSettings
-from detach_framework.data.video import VideoError, probe_video
+from detach_framework.data.video import describe_video
 from detach_framework.errors import UserError
 
 from .dataset import (
@@ -42,6 +42,7 @@ def inspect_opportunity(root: str | Path, layout: str = "pp", **params: Any) -> 
     lines.append(header)
     nan_sum = np.zeros(len(p.channels))
     rows_total = 0
+    damaged: list[str] = []  # one line per damaged video, below the table (too long for a cell)
     for files in runs:
         run = load_run(files, meta, p.channels, p.track)
         nan_sum += np.isnan(run.stream).sum(axis=1)
@@ -49,11 +50,9 @@ def inspect_opportunity(root: str | Path, layout: str = "pp", **params: Any) -> 
         seconds = (run.ms[-1] - run.ms[0]) / 1000.0
         video = "-"
         if files.video is not None:
-            try:
-                info = probe_video(files.video)
-                video = f"{info.fps:g} fps {info.width}x{info.height} {info.duration:.1f} s"
-            except VideoError as exc:
-                video = f"unreadable ({str(exc).split(': ', 1)[-1][:40]})"
+            video, damage = describe_video(files.video)
+            if damage:
+                damaged.append(damage)
         estimate, matches = run_offset_estimate(run, p.track) if layout == "pp" else (None, 0)
         offset = f"{estimate:+.0f} ({matches})" if estimate is not None else "-"
         skipped = sum(sum(t.skipped.values()) for t in run.srt.values())
@@ -62,6 +61,7 @@ def inspect_opportunity(root: str | Path, layout: str = "pp", **params: Any) -> 
             pose = f"{len(read_pose(files.pose).times_ms)} frames"
         cells = f"{run.stream.shape[1]:>6} {seconds:>8.1f}  {video:<28} {offset:>15}  {skipped:>11}"
         lines.append(f"  {files.name:<9} {cells}  {pose}")
+    lines += damaged
     lines.append("NaN fraction per channel (all runs):")
     fractions = nan_sum / max(rows_total, 1)
     for c, f in zip(p.channels, fractions, strict=True):
