@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,9 +18,12 @@ from detach_framework.cache.store import (
     BUILDING,
     COMPLETE,
     DEFAULT_MAP_SIZE,
+    DamagedStoreError,
     StoreWriter,
     encode_record,
     inspect_store,
+    read_marker,
+    remove_store,
     write_marker,
 )
 from detach_framework.errors import UserError
@@ -30,8 +34,16 @@ COMMIT_BYTES = 32 << 20  # one LMDB transaction per ~32 MiB of values
 @contextlib.contextmanager
 def exclusive(lock_path: Path) -> Iterator[None]:
     """One writer per store, across processes (parallel runs of one spec wait for the first build)."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a+b") as handle:
+    root = lock_path.parent  # cache.dir: the lock is the first thing a build writes there
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        handle = open(lock_path, "a+b")
+    except OSError as exc:
+        raise UserError(
+            f"cache.dir {root}: cannot write there ({exc.strerror or exc}); set cache.dir to a writable directory "
+            "or cache.mode: off"
+        ) from None
+    with handle:
         try:
             import fcntl
         except ImportError:  # no flock (Windows): single-process use only
@@ -49,7 +61,7 @@ def ensure_store(plan: CachePlan, context: CacheContext, *, map_size: int = DEFA
     state = inspect_store(plan.uid, plan.path, plan.partial_path)
     if state.state == "complete":
         return 0
-    if state.state in ("missing", "partial"):
+    if state.state in ("missing", "partial", "damaged"):
         return build_store(plan, context, map_size=map_size)
     raise UserError(state.message)
 
@@ -62,11 +74,18 @@ def build_store(plan: CachePlan, context: CacheContext, *, map_size: int = DEFAU
         state = inspect_store(plan.uid, plan.path, plan.partial_path)  # again: another process may have built it
         if state.state == "complete":
             return 0
+        if state.damage is not None:
+            _discard_damaged(state.damage)
+            state = inspect_store(plan.uid, plan.path, plan.partial_path)
         if state.state not in ("missing", "partial"):
             raise UserError(state.message)
-        writer = StoreWriter(plan.partial_path, map_size)
         try:
-            if state.marker is None:
+            writer = StoreWriter(plan.partial_path, map_size)
+        except DamagedStoreError as exc:  # a partial store cut short: its committed entries cannot be trusted
+            _discard_damaged(exc)
+            writer = StoreWriter(plan.partial_path, map_size)
+        try:
+            if read_marker(plan.partial_path / BUILDING) is None:
                 write_marker(plan.partial_path / BUILDING, {"uid": plan.uid, "payload": plan.payload})
             written = _write_missing(plan, context, writer)
             stored = writer.env.stat()["entries"]
@@ -88,6 +107,15 @@ def build_store(plan: CachePlan, context: CacheContext, *, map_size: int = DEFAU
         (plan.partial_path / BUILDING).unlink(missing_ok=True)
         os.rename(plan.partial_path, plan.path)
         return written
+
+
+def _discard_damaged(damage: DamagedStoreError) -> None:
+    """Remove a damaged store of ours so it is built again (remove_store refuses a folder holding other files)."""
+    try:
+        remove_store(damage.path)
+    except UserError as exc:
+        raise UserError(f"cache {damage.path} is damaged ({damage.reason}); {exc}") from None
+    warnings.warn(f"cache {damage.path} is damaged ({damage.reason}): removed it, building it again", stacklevel=2)
 
 
 def _write_missing(plan: CachePlan, context: CacheContext, writer: StoreWriter) -> int:

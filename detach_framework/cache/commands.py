@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +16,8 @@ from detach_framework.cache.store import (
     COMPLETE,
     LAST_RUN,
     CorruptEntryError,
+    DamagedStoreError,
+    damaged_store,
     decode_record,
     directory_size,
     inspect_store,
@@ -106,19 +111,57 @@ def verify(plan: CachePlan, context: CacheContext) -> int:
                 continue
             changed = payload_differences(marker.get("payload", {}), plan.payload)
             problems.append(f"stale: {path.name} was built for other settings ({', '.join(changed[:4])})")
-    elif state.state == "partial":
-        written = sum(1 for _ in iterate_entries(plan.partial_path)) if (plan.partial_path / "data.mdb").exists() else 0
-        problems.append(f"partial: {written} of {plan.entries} entries written, no {COMPLETE}; build resumes it")
-    elif state.state in ("stale", "foreign"):
+    elif state.state in ("stale", "foreign", "damaged"):
         problems.append(f"{state.state}: {state.message}")
     else:
-        problems += _check_entries(plan)
+        problems += _isolated(_check_partial if state.state == "partial" else _check_entries, plan, state.path)
     if problems:
         for line in problems:
             print(line)
         return 1
     print(f"ok: {plan.path}: {plan.entries} entries, uid {plan.uid}, every checksum matches")
     return 0
+
+
+def _isolated(scan: Callable[[CachePlan], list[str]], plan: CachePlan, path: Path) -> list[str]:
+    """`scan(plan)` in a forked child where fork exists. LMDB trusts the offsets and sizes in its pages (and
+    py-lmdb touches every page of a value it returns), so a damaged page can send a read past the end of the
+    file: a SIGBUS, which ends the child, and the store reads as damaged."""
+    if "fork" not in multiprocessing.get_all_start_methods():
+        answer = _answer(scan, plan)
+    else:
+        fork = multiprocessing.get_context("fork")
+        receiver, sender = fork.Pipe(duplex=False)
+        child = fork.Process(target=lambda: sender.send(_answer(scan, plan)), daemon=True)
+        child.start()
+        sender.close()
+        try:
+            answer = receiver.recv()
+        except EOFError:  # the child died before answering
+            child.join()
+            if child.exitcode is None or child.exitcode >= 0:
+                raise RuntimeError(f"verify: the scan of {path} failed (exit code {child.exitcode})") from None
+            reason = f"reading it killed the reader with {signal.Signals(-child.exitcode).name}"
+            return [f"damaged: {damaged_store(path, reason)}"]
+        child.join()
+    kind, value = answer
+    if kind == "error":
+        raise UserError(value)
+    return value
+
+
+def _answer(scan: Callable[[CachePlan], list[str]], plan: CachePlan) -> tuple[str, Any]:
+    try:
+        return "problems", scan(plan)
+    except DamagedStoreError as exc:  # a page that does not parse, found while walking the entries
+        return "problems", [f"damaged: {exc}"]
+    except UserError as exc:
+        return "error", str(exc)
+
+
+def _check_partial(plan: CachePlan) -> list[str]:
+    written = sum(1 for _ in iterate_entries(plan.partial_path)) if (plan.partial_path / "data.mdb").exists() else 0
+    return [f"partial: {written} of {plan.entries} entries written, no {COMPLETE}; build resumes it"]
 
 
 def _check_entries(plan: CachePlan) -> list[str]:
@@ -147,7 +190,8 @@ def _check_entries(plan: CachePlan) -> list[str]:
 
 def clear(plan: CachePlan, context: CacheContext) -> int:
     removed = [path for path in (plan.path, plan.partial_path) if remove_store(path)]
-    plan.lock_path.unlink(missing_ok=True)
+    if plan.root.is_dir():  # (cache.dir under a file: unlink would raise NotADirectoryError)
+        plan.lock_path.unlink(missing_ok=True)
     print(f"removed {', '.join(map(str, removed))}" if removed else f"nothing to remove at {plan.path}")
     return 0
 

@@ -50,6 +50,28 @@ class CorruptEntryError(UserError):
     """A stored value fails its checksum or does not parse."""
 
 
+class DamagedStoreError(UserError):
+    """A store's LMDB file is cut short or its pages do not parse: only removing and rebuilding it helps."""
+
+    def __init__(self, message: str, path: Path | None = None, reason: str = "") -> None:
+        super().__init__(message)  # (one positional argument: DataLoader workers re-raise it from the message)
+        self.path, self.reason = path, reason
+
+
+def damaged_store(path: Path, reason: str) -> DamagedStoreError:
+    """The one-line error for a damaged store: which one, why, and what fixes it."""
+    return DamagedStoreError(
+        f"cache {path} is damaged ({reason}); `detach cache clear SPEC` removes it (the next build or training "
+        "writes it again)",
+        path,
+        reason,
+    )
+
+
+# A writer's environment failing to open with these is damaged.
+_DAMAGE_ON_OPEN = (lmdb.InvalidError, lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.VersionMismatchError)
+
+
 def _align(offset: int) -> int:
     return (offset + 7) & ~7
 
@@ -137,17 +159,55 @@ def decode_record(value: bytes | memoryview, key: str | bytes, *, check: bool = 
 
 
 def open_env(path: Path, *, readonly: bool, map_size: int = DEFAULT_MAP_SIZE) -> lmdb.Environment:
-    """Open an LMDB store; a directory that is not one becomes a one-line UserError."""
+    """Open an LMDB store whose data file holds every page it committed; anything else is a one-line UserError
+    (DamagedStoreError for a damaged store)."""
     try:
         if readonly:
-            return lmdb.open(str(path), readonly=True, lock=False, readahead=False, subdir=True)
-        path.mkdir(parents=True, exist_ok=True)
-        return lmdb.open(str(path), map_size=map_size, subdir=True, readahead=False, max_dbs=0)
-    except lmdb.Error as exc:
+            env = lmdb.open(str(path), readonly=True, lock=False, readahead=False, subdir=True)
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+            env = lmdb.open(str(path), map_size=map_size, subdir=True, readahead=False, max_dbs=0)
+    except (lmdb.Error, OSError) as exc:
+        # Read-only opens are of stores this framework wrote: what stops one is damage (a flipped version or map
+        # size, a lost file). A writer's open can also fail for want of permissions or memory.
+        if (readonly and isinstance(exc, lmdb.Error)) or isinstance(exc, _DAMAGE_ON_OPEN):
+            if not _holds_data(path):  # (LMDB's error says EBADF or ENOENT)
+                raise damaged_store(path, "data.mdb is missing or empty") from None
+            raise damaged_store(path, f"it cannot be opened as an LMDB store: {exc}") from None
         raise UserError(
             f"cache {path} cannot be opened as an LMDB store ({exc}); "
             "remove it (detach cache clear SPEC) or set cache.dir"
         ) from None
+    try:
+        check_file_size(path, committed_size(env))
+    except DamagedStoreError:
+        env.close()
+        raise
+    return env
+
+
+def _holds_data(path: Path) -> bool:
+    try:
+        return (path / "data.mdb").stat().st_size > 0
+    except OSError:
+        return False
+
+
+def committed_size(env: lmdb.Environment) -> int:
+    """Bytes the data file must hold: every page up to the last one committed. Only the meta pages are read
+    (lmdb.open checked that both are in the file), never a page the size has not been checked for."""
+    return (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+
+
+def check_file_size(path: Path, required: int) -> None:
+    """LMDB maps the data file and trusts its meta page: a page past the end of a truncated file is a SIGBUS,
+    so the size is compared before any other page is touched."""
+    try:
+        size = (path / "data.mdb").stat().st_size
+    except OSError as exc:
+        raise damaged_store(path, f"data.mdb: {exc.strerror or exc}") from None
+    if size < required:
+        raise damaged_store(path, f"data.mdb holds {size} bytes, its own metadata expects at least {required}")
 
 
 class StoreWriter:
@@ -159,8 +219,11 @@ class StoreWriter:
         self.grown = 0
 
     def keys(self) -> set[bytes]:
-        with self.env.begin() as txn:
-            return set(txn.cursor().iternext(keys=True, values=False))
+        try:
+            with self.env.begin() as txn:
+                return set(txn.cursor().iternext(keys=True, values=False))
+        except lmdb.Error as exc:
+            raise damaged_store(self.path, f"{type(exc).__name__}: {exc}") from None
 
     def put_batch(self, items: list[tuple[bytes, bytes]]) -> None:
         while True:
@@ -203,27 +266,55 @@ class StoreReader:
         self._key = str(self.path)  # one entry per file, however the path was spelled
 
     def get(self, key: bytes) -> memoryview | None:
-        opened = _READERS.get(self._key)
-        if opened is None or opened[0] != _PID[0]:  # first use here, or a forked worker: never share an env
-            release_readers(self.path)  # an inherited copy blocks reopening the same files (py-lmdb's guard)
-            env = open_env(self.path, readonly=True)
-            opened = (_PID[0], env, env.begin(buffers=True))
-            _READERS[self._key] = opened
-        return opened[2].get(key)
+        txn = _shared_reader(self._key).txn
+        try:
+            return txn.get(key)
+        except lmdb.Error as exc:  # a page that does not parse (MDB_CORRUPTED, MDB_PAGE_NOTFOUND, ...)
+            release_readers(self.path)
+            raise damaged_store(self.path, f"reading '{key.decode(errors='replace')}': {exc}") from None
 
 
-_READERS: dict[str, tuple[int, lmdb.Environment, lmdb.Transaction]] = {}
+@dataclass
+class _Reader:
+    pid: int
+    env: lmdb.Environment
+    txn: lmdb.Transaction
+    required: int  # the data file's size its meta page demanded when opened
+
+
+_READERS: dict[str, _Reader] = {}  # by absolute path
 _PID = [os.getpid()]  # refreshed after fork: no getpid() call per read
 if hasattr(os, "register_at_fork"):  # (without fork, e.g. Windows, workers are spawned: nothing inherited)
     os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
+
+
+def _shared_reader(absolute: str) -> _Reader:
+    opened = _READERS.get(absolute)
+    if opened is None or opened.pid != _PID[0]:  # first use here, or a forked worker: never share an env
+        release_readers(Path(absolute))  # an inherited copy blocks reopening the same files (py-lmdb's guard)
+        env = open_env(Path(absolute), readonly=True)
+        opened = _Reader(_PID[0], env, env.begin(buffers=True), committed_size(env))
+        _READERS[absolute] = opened
+    return opened
+
+
+def check_store(path: Path) -> None:
+    """Raise DamagedStoreError unless the complete store at `path` opens and its data file is whole. Opens
+    this process's shared reader (and keeps it): LMDB would refuse a second environment of the same file."""
+    reader = _shared_reader(os.path.abspath(path))
+    try:
+        check_file_size(path, reader.required)  # again: the file may have been cut short since it was opened
+    except DamagedStoreError:
+        release_readers(path)
+        raise
 
 
 def release_readers(path: Path) -> None:
     """Close this process's reader of `path`, or the copy a forked worker inherited (never used there)."""
     opened = _READERS.pop(os.path.abspath(path), None)
     if opened is not None:
-        opened[2].abort()
-        opened[1].close()
+        opened.txn.abort()
+        opened.env.close()
 
 
 def iterate_entries(path: Path) -> Iterator[tuple[bytes, bytes]]:
@@ -232,6 +323,8 @@ def iterate_entries(path: Path) -> Iterator[tuple[bytes, bytes]]:
     try:
         with env.begin() as txn:
             yield from txn.cursor()
+    except lmdb.Error as exc:
+        raise damaged_store(path, f"{type(exc).__name__}: {exc}") from None
     finally:
         env.close()
 
@@ -242,12 +335,13 @@ def iterate_entries(path: Path) -> Iterator[tuple[bytes, bytes]]:
 
 @dataclass
 class StoreState:
-    """What is on disk for one cache uid: complete, partial, missing, stale or foreign, and why."""
+    """What is on disk for one cache uid: complete, damaged, partial, missing, stale or foreign, and why."""
 
     state: str
     path: Path
     message: str
     marker: dict[str, Any] | None = None
+    damage: DamagedStoreError | None = None  # what made the state "damaged"
 
 
 def read_marker(path: Path) -> dict[str, Any] | None:
@@ -280,6 +374,10 @@ def inspect_store(uid: str, path: Path, partial: Path) -> StoreState:
                 "run `detach cache clear SPEC` to rebuild it",
                 marker,
             )
+        try:
+            check_store(path)
+        except DamagedStoreError as exc:
+            return StoreState("damaged", path, str(exc), marker, exc)
         return StoreState("complete", path, f"complete: {marker.get('entries')} entries", marker)
     if partial.exists():
         marker = read_marker(partial / BUILDING)
