@@ -54,6 +54,16 @@ def test_small_cnn_frames_are_independent() -> None:
     torch.testing.assert_close(whole[1:, 1:], single)
 
 
+def test_small_cnn_runs_channels_last_and_returns_maps_in_the_default_layout() -> None:
+    torch.manual_seed(0)
+    backbone = SmallCnnBackbone(SmallCnnParams(channels=[8, 8, 16, 16])).eval()
+    video = torch.randn(2, 3, 3, 32, 32)
+    maps = backbone(video)
+    reference = backbone.features(video.flatten(0, 1).contiguous()).unflatten(0, (2, 3))  # default layout
+    assert maps.is_contiguous()
+    torch.testing.assert_close(maps, reference, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("channels", [[8, 8, 8], [8, 8, 8, 0]])
 def test_small_cnn_rejects_bad_channels(channels: list[int]) -> None:
     with pytest.raises(ValidationError):

@@ -54,6 +54,9 @@ class SmallCnnBackbone(nn.Module):
         if video.ndim != 5:
             raise ValueError(f"small_cnn expects video [B, T, 3, H, W], got shape {tuple(video.shape)}")
         batch, frames = video.shape[:2]
-        # All frames as one batch of B*T images: one conv call per layer instead of a loop over time.
-        maps = self.features(video.flatten(0, 1))
+        # All frames as one batch of B*T images: one conv call per layer instead of a loop over time. In
+        # channels_last the convolutions run 1.2-1.5x faster on a CPU (measured at 48 and 112 px, forward +
+        # backward); the maps go back to the default layout for the heads.
+        images = video.flatten(0, 1).contiguous(memory_format=torch.channels_last)
+        maps = self.features(images).contiguous()
         return maps.unflatten(0, (batch, frames))
