@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import importlib.util
 import json
 import sys
 import tempfile
@@ -33,7 +34,8 @@ import torch
 from torch import nn
 from torch.optim import optimizer as optimizer_hooks
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if importlib.util.find_spec("detach_framework") is None:  # not installed: use the checkout this script is in
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from detach_framework import cli  # noqa: E402
 from detach_framework.cache import dataset as cache_dataset  # noqa: E402

@@ -88,15 +88,22 @@ def resolve_baseline(value: str, tmp: Path) -> Path:
     return worktree
 
 
-def run_detach(side: Side, args: list[str], log: Path, *, check: bool = True) -> tuple[float, float]:
-    """Run `detach ARGS` for one side in a fresh process: (wall seconds, peak RSS in MiB of that process)."""
+def run_detach(
+    side: Side, args: list[str], log: Path, *, check: bool = True, program: list[str] | None = None
+) -> tuple[float, float]:
+    """Run `detach ARGS` (or `python PROGRAM ARGS`) for one side in a fresh process: (wall seconds, peak RSS in
+    MiB of that process)."""
     env = dict(os.environ)
     if side.pythonpath is not None:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(side.pythonpath), env.get("PYTHONPATH", "")) if p)
     started = time.perf_counter()
     with open(log, "w") as out:
         child = subprocess.Popen(
-            [sys.executable, "-m", "detach_framework", *args], cwd=side.checkout, env=env, stdout=out, stderr=out
+            [sys.executable, *(program or ["-m", "detach_framework"]), *args],
+            cwd=side.checkout,
+            env=env,
+            stdout=out,
+            stderr=out,
         )
         _, status, usage = os.wait4(child.pid, 0)
         child.returncode = os.waitstatus_to_exitcode(status)
@@ -106,7 +113,14 @@ def run_detach(side: Side, args: list[str], log: Path, *, check: bool = True) ->
     return wall, usage.ru_maxrss / 1024
 
 
-def bench_case(case: Case, sides: list[Side], rounds: int, tmp: Path, extra: list[str]) -> dict:
+PROFILER = Path(__file__).resolve().parent / "profile_run.py"
+
+
+def bench_case(
+    case: Case, sides: list[Side], rounds: int, tmp: Path, extra: list[str], profile_dir: Path | None = None
+) -> dict:
+    """Both sides of one case; with `profile_dir`, each run goes through profile_run.py (both sides alike, so the
+    hooks' small overhead cancels in the ratio) and its table is written there."""
     overrides = [*case.overrides, *extra]
     spec = str(ROOT / case.spec)
     for side in sides:  # warm caches, untimed
@@ -119,8 +133,14 @@ def bench_case(case: Case, sides: list[Side], rounds: int, tmp: Path, extra: lis
             run = tmp / f"run-{side.label}-{case.name}-{r}"
             cache = tmp / f"cache-{side.label}-{case.name}"
             log = tmp / f"{side.label}-{case.name}-{r}.log"
-            argv = ["train", spec, *overrides, f"cache.dir={cache}", "--run-dir", str(run)]
-            wall, rss = run_detach(side, argv, log)
+            if profile_dir is None:
+                argv = ["train", spec, *overrides, f"cache.dir={cache}", "--run-dir", str(run)]
+                wall, rss = run_detach(side, argv, log)
+            else:
+                out = profile_dir / f"{case.name}-{side.label}-{r}"
+                argv = [spec, *overrides, f"cache.dir={cache}", "--run-dir", str(run), "--json", f"{out}.json"]
+                wall, rss = run_detach(side, argv, log, program=[str(PROFILER)])
+                shutil.copy(log, f"{out}.txt")
             side.walls.append(wall)
             side.rss_mb.append(rss)
             side.metrics = json.loads((run / "summary.json").read_text())["metrics"]
@@ -151,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help="comma-separated case names: " + ", ".join(c.name for c in CASES))
     parser.add_argument("--smoke", action="store_true", help="tiny data, for the test suite")
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
+    parser.add_argument("--profile", type=Path, metavar="DIR", help="run each side under profile_run.py, tables to DIR")
     args = parser.parse_args(argv)
     cases = [c for c in CASES if not args.only or c.name in args.only.split(",")]
     extra = SMOKE_OVERRIDES if args.smoke else []
@@ -159,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         checkout = resolve_baseline(args.baseline, tmp)
         try:
             sides = [Side("baseline", checkout, baseline_site(checkout, tmp)), Side("current", ROOT, None)]
-            results = [bench_case(case, sides, args.rounds, tmp, extra) for case in cases]
+            if args.profile:
+                args.profile.mkdir(parents=True, exist_ok=True)
+            results = [bench_case(case, sides, args.rounds, tmp, extra, args.profile) for case in cases]
         finally:
             if checkout == tmp / "baseline":
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(checkout)], check=False)

@@ -163,6 +163,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from detach_framework.data.transforms import save_preprocessing
     from detach_framework.engine import distributed
     from detach_framework.engine.evaluate import evaluate_run, format_summary
+    from detach_framework.engine.precision import check_precision
     from detach_framework.engine.rundir import RunDirectory
     from detach_framework.engine.trainer import Trainer, resolve_device
     from detach_framework.spec import dump_spec, load_spec
@@ -172,6 +173,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     host = _host(args)
     spec = load_spec(args.spec, host.registry, args.overrides)
     path = args.run_dir or Path("runs") / spec.name / spec.uid
+    check_precision(spec.runtime.precision, resolve_device(spec.runtime.device))  # before a run directory exists
     rank = distributed.init_from_environment(resolve_device(spec.runtime.device).type)
     run = None
     try:

@@ -123,7 +123,8 @@ class EvalSpec(StrictModel):
 
 
 class RuntimeSpec(StrictModel):
-    """Where and how verbosely to run. Only `sync_batchnorm` changes results (it enters the uid)."""
+    """Where, in what precision and how verbosely to run. `sync_batchnorm` and `precision` change results
+    (they enter the uid)."""
 
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$", description="auto, cpu, cuda[:N].")
     progress: Literal["auto", "on", "off"] = Field("auto", description="tqdm bars (auto: only on a TTY).")
@@ -131,6 +132,11 @@ class RuntimeSpec(StrictModel):
     log_every: int = Field(10, ge=1, le=1_000_000, description="Log training scalars every N steps.")
     sync_batchnorm: bool = Field(
         False, description="Under torchrun, synchronise batch-norm statistics across processes (SyncBatchNorm)."
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32",
+        description="Forward passes in float32, or under autocast in bfloat16 / float16 (fp16: CUDA only, with "
+        "loss scaling); similarities, softmax and losses always compute in float32.",
     )
 
     @field_validator("progress", mode="before")
@@ -200,15 +206,21 @@ class Experiment(StrictModel):
 # Paths (model_dump keys) that never change results: excluded from the uid hash.
 UID_EXCLUDE: dict[str, Any] = {
     "name": True,
-    "runtime": {"device", "progress", "tensorboard", "log_every"},  # sync_batchnorm changes results
+    "runtime": {"device", "progress", "tensorboard", "log_every"},  # sync_batchnorm, precision change results
     "data": {"num_workers"},
     "cache": {"dir", "frames"},
 }
+# Fields added after uids were published, left out of the hash while at their default so that a spec not
+# setting them keeps its uid (and its run directory, checkpoints and resume).
+UID_NEUTRAL_DEFAULTS: dict[tuple[str, str], Any] = {("runtime", "precision"): "fp32"}
 
 
 def spec_uid(spec: BaseModel) -> str:
     """Readable summary of the chosen components + a short hash of every result-changing setting."""
     payload = spec.model_dump(mode="json", exclude=UID_EXCLUDE)
+    for (section, key), default in UID_NEUTRAL_DEFAULTS.items():
+        if payload[section].get(key) == default:
+            del payload[section][key]
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]
     parts = [spec.data.dataset.name, spec.model.video_backbone.name, spec.model.sensor_encoder.name]
     parts += [stage.aligner.name for stage in spec.stages]

@@ -23,8 +23,9 @@ def embed_split(trainer: Trainer, split: str) -> EmbeddingSet:
     trainer.model.eval()
     parts: dict[str, list[np.ndarray]] = {}
     for batch in make_loader(dataset, trainer.spec, shuffle=False):
-        out = trainer.model.embed(to_device(batch, trainer.device))
-        for key in ("probe", "video", "sensor"):
+        with trainer.autocast():
+            out = trainer.model.embed(to_device(batch, trainer.device))
+        for key in ("probe", "video", "sensor"):  # evaluators always receive float32
             parts.setdefault(key, []).append(out[key].float().cpu().numpy())
         for key in ("label", "subject", "fixture", "recording"):
             if key in batch:  # "recording" is optional

@@ -21,6 +21,7 @@ from detach_framework.engine import distributed
 from detach_framework.engine.checkpoint import load_checkpoint, load_latest, save_checkpoint
 from detach_framework.engine.fixed_outputs import WithFixedOutputs, compute_fixed_outputs
 from detach_framework.engine.model import AlignmentModel
+from detach_framework.engine.precision import autocast, check_precision, grad_scaler
 from detach_framework.engine.rundir import RunDirectory
 from detach_framework.engine.seeding import (
     loader_generator,
@@ -134,6 +135,8 @@ class Trainer:
         self.host = host
         self.run = run
         self.device = resolve_device(spec.runtime.device)
+        self.precision = spec.runtime.precision
+        check_precision(self.precision, self.device)
         self.is_main = distributed.info().is_main  # only rank 0 writes the run directory
         seed_everything(spec.seed, spec.deterministic)
         self.source = build_source(spec, host)
@@ -153,6 +156,11 @@ class Trainer:
         self.progress = progress_enabled(spec.runtime.progress)
         self.tensorboard = None  # opened by fit(): evaluation alone writes no event files
         self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None  # the current stage's warm-up
+        self.scaler = grad_scaler(self.precision, self.device)  # the current stage's fp16 loss scaling
+
+    def autocast(self):
+        """The context every forward pass runs in (`runtime.precision`)."""
+        return autocast(self.precision, self.device)
 
     def split(self, name: str) -> Dataset:
         """One split of the dataset as training and evaluation read it: from the LMDB cache when `spec.cache`
@@ -201,6 +209,7 @@ class Trainer:
             list(params.values()), lr=stage.optimizer.lr, weight_decay=stage.optimizer.weight_decay
         )
         self.scheduler = self._warmup(optimizer, index)
+        self.scaler = grad_scaler(self.precision, self.device)
         return aligner, optimizer, trainable
 
     def _warmup(self, optimizer: torch.optim.Optimizer, index: int) -> torch.optim.lr_scheduler.LambdaLR | None:
@@ -234,6 +243,7 @@ class Trainer:
             "aligner": aligner.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict(),  # {} unless fp16 on CUDA
             "rng": rng_state(),
         }
 
@@ -271,11 +281,14 @@ class Trainer:
                 optimizer.load_state_dict(state["optimizer"])
                 if self.scheduler is not None and state.get("scheduler") is not None:
                     self.scheduler.load_state_dict(state["scheduler"])
+                if state.get("scaler"):
+                    self.scaler.load_state_dict(state["scaler"])
                 set_rng_state(state["rng"])
                 state = None
             if pos.epochs_done < stage.epochs:
-                aligner.on_stage_start(self.model, self.stage_context(pos.stage_index, resumed))
-                self._serve_fixed_outputs(aligner)
+                with self.autocast():
+                    aligner.on_stage_start(self.model, self.stage_context(pos.stage_index, resumed))
+                    self._serve_fixed_outputs(aligner)
             while pos.epochs_done < stage.epochs:
                 record = self._train_epoch(pos, step, aligner, optimizer, trainable)
                 pos.epochs_done += 1
@@ -373,19 +386,23 @@ class Trainer:
             leave=False,
         )
         for batch in bar:
-            out = step(to_device(batch, self.device))
+            with self.autocast():
+                out = step(to_device(batch, self.device))
             loss = out["loss"]
             if not torch.isfinite(loss):
                 raise UserError(
                     f"stage '{stage.name}' epoch {epoch}: loss became {loss.item()} (try a lower optimizer.lr)"
                 )
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # The scaler is a pass-through except for fp16 on CUDA, where it scales the loss against underflow.
+            self.scaler.scale(loss).backward()
             if stage.optimizer.grad_clip is not None:
+                self.scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
                 torch.nn.utils.clip_grad_norm_(
                     [p for g in optimizer.param_groups for p in g["params"]], stage.optimizer.grad_clip
                 )
-            optimizer.step()
+            self.scaler.step(optimizer)  # skipped when fp16 gradients overflowed
+            self.scaler.update()
             if self.scheduler is not None:
                 self.scheduler.step()
             aligner.after_optimizer_step(self.model)
@@ -457,7 +474,8 @@ class Trainer:
         for batch in make_loader(self.stage_val, self.spec, shuffle=False, sharded=True):
             if len(batch["label"]) < 2:
                 continue
-            out = aligner(self.model, to_device(batch, self.device))
+            with self.autocast():
+                out = aligner(self.model, to_device(batch, self.device))
             total += float(out["loss"]) * len(batch["label"])
             count += len(batch["label"])
         # Every rank saw the same global batches (gathered inside the aligner): the mean is the same.

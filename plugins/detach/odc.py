@@ -12,6 +12,7 @@ from pydantic import Field
 from sklearn.cluster import KMeans
 from torch import nn
 
+from detach_framework.engine.precision import float32
 from detach_framework.registry import ComponentParams
 
 
@@ -42,9 +43,11 @@ class OnlineDeepClustering(nn.Module):
 
     # -- assignment ------------------------------------------------------------------------------
 
+    @float32
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         return F.normalize(features, dim=-1) @ F.normalize(self.centroids, dim=-1).T / self.params.temperature
 
+    @float32
     def assign(self, features: torch.Tensor) -> torch.Tensor:
         return (F.normalize(features, dim=-1) @ F.normalize(self.centroids, dim=-1).T).argmax(dim=-1)
 
@@ -61,6 +64,7 @@ class OnlineDeepClustering(nn.Module):
         self.centroids.copy_(F.normalize(torch.from_numpy(kmeans.cluster_centers_).float(), dim=1))
         self.initialized.fill_(True)
 
+    @float32
     @torch.no_grad()
     def update_bank(self, indices: torch.Tensor, features: torch.Tensor) -> float:
         """bank_i <- normalize(m * bank_i + (1 - m) * f_i); label_i <- argmax_k cos(bank_i, c_k).
@@ -122,7 +126,8 @@ class OnlineDeepClustering(nn.Module):
         """
         sizes = self.sizes().float().clamp(min=1)
         weights = sizes.pow(-self.params.balance_power)
-        weights = weights.clamp(max=float(weights.min()) * self.params.max_weight_ratio)
+        # Weights are at most 1 (sizes >= 1): a larger bound clamps nothing, and one beyond float32 overflows.
+        weights = weights.clamp(max=min(float(weights.min()) * self.params.max_weight_ratio, 1.0))
         return weights * self.k / weights.sum()
 
     def confidence(self, quantile: float = 0.75) -> torch.Tensor:

@@ -13,6 +13,7 @@ from torch import nn
 
 from detach_framework.contracts import AlignerBase
 from detach_framework.engine.distributed import broadcast_, gather, gather_with_grad
+from detach_framework.engine.precision import float32
 from detach_framework.errors import UserError
 from detach_framework.registry import MAX_EPOCHS, ComponentParams
 
@@ -35,6 +36,7 @@ class SpatialParams(ComponentParams):
     )
 
 
+@float32
 def weighted_cluster_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """L_cluster = -(1/N) sum_i w_{y_i} log p(y_i | z_s,i) (a plain mean, not a weight-normalised one)."""
     if len(labels) == 0:
@@ -43,6 +45,7 @@ def weighted_cluster_loss(logits: torch.Tensor, labels: torch.Tensor, weights: t
     return -(weights[labels] * log_p).mean()
 
 
+@float32
 def masked_ce(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     if not mask.any():
         return logits.sum() * 0.0
@@ -164,7 +167,7 @@ class SpatialAligner(AlignerBase):
         out = {"l_cluster": l_cluster}
         total = p.alpha * l_cluster
         if phase != "warmup":
-            logits_v = gather_with_grad(self.video_classifier(model.encode_video(batch)))
+            logits_v = gather_with_grad(self.video_classifier(model.encode_video(batch))).float()  # softmax in fp32
             out["l_videospatial"] = masked_ce(logits_v, labels, confident)
             total = total + out["l_videospatial"]
             if phase == "refine":

@@ -12,6 +12,7 @@ from torch import nn
 
 from detach_framework.contracts import AlignerBase
 from detach_framework.engine.distributed import gather, gather_with_grad
+from detach_framework.engine.precision import float32
 from detach_framework.errors import UserError
 from detach_framework.registry import ComponentParams
 
@@ -37,6 +38,7 @@ def pairwise_cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T
 
 
+@float32
 def negative_weights(
     z_v: torch.Tensor,
     z_s: torch.Tensor,
@@ -165,6 +167,26 @@ class TemporalAligner(AlignerBase):
         # W and the loss are built on the global batch when several processes train together.
         h_v = gather_with_grad(model.video_temporal_head(video_input))
         h_s = gather_with_grad(model.sensor_temporal_encoder(batch["sensor"]))
+        loss, weights = self.weighted_loss(z_v, z_s, hm_v, hm_s, h_v, h_s)
+        if self.training and "fixture" in batch:
+            for kind, mask in negative_types(gather(batch["label"]), gather(batch["fixture"])).items():
+                if mask.any():
+                    self._sums[kind] += float(weights[mask].sum())
+                    self._counts[kind] += int(mask.sum())
+                    self._reservoir_add(kind, weights[mask])
+        return {"loss": loss, "w_mean": weights.sum() / max(weights.numel() - len(weights), 1)}
+
+    @float32
+    def weighted_loss(
+        self,
+        z_v: torch.Tensor,
+        z_s: torch.Tensor,
+        hm_v: torch.Tensor,
+        hm_s: torch.Tensor,
+        h_v: torch.Tensor,
+        h_s: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, W) from the embeddings, in float32 whatever precision the encoders ran in."""
         p = self.params
         weights = negative_weights(
             z_v,
@@ -178,11 +200,4 @@ class TemporalAligner(AlignerBase):
         )
         u_v = torch.cat([F.normalize(z_v, dim=-1), F.normalize(h_v, dim=-1)], dim=-1)
         u_s = torch.cat([F.normalize(z_s, dim=-1), F.normalize(h_s, dim=-1)], dim=-1)
-        loss = self.loss(u_v, u_s, weights)
-        if self.training and "fixture" in batch:
-            for kind, mask in negative_types(gather(batch["label"]), gather(batch["fixture"])).items():
-                if mask.any():
-                    self._sums[kind] += float(weights[mask].sum())
-                    self._counts[kind] += int(mask.sum())
-                    self._reservoir_add(kind, weights[mask])
-        return {"loss": loss, "w_mean": weights.sum() / max(weights.numel() - len(weights), 1)}
+        return self.loss(u_v, u_s, weights), weights

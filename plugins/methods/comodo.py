@@ -22,6 +22,7 @@ from pydantic import Field
 from torch import nn
 
 from detach_framework.contracts import AlignerBase
+from detach_framework.engine.precision import float32
 from detach_framework.errors import UserError
 from detach_framework.plugins import hookimpl
 from detach_framework.registry import MAX_WIDTH, ComponentParams
@@ -46,6 +47,7 @@ class ComodoParams(ComponentParams):
     )
 
 
+@float32
 def distillation_loss(
     teacher: torch.Tensor, student: torch.Tensor, bank: torch.Tensor, teacher_tau: float, student_tau: float
 ) -> torch.Tensor:
@@ -54,6 +56,13 @@ def distillation_loss(
     bank = F.normalize(bank, dim=-1).detach()
     target = F.softmax(teacher @ bank.T / teacher_tau, dim=1)
     return -(target * F.log_softmax(student @ bank.T / student_tau, dim=1)).sum(dim=1).mean()
+
+
+@float32
+@torch.no_grad()
+def top1_agreement(teacher: torch.Tensor, student: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """How often the student's most similar bank entry is the teacher's."""
+    return ((teacher @ bank.T).argmax(1) == (F.normalize(student, dim=-1) @ bank.T).argmax(1)).float().mean()
 
 
 class ComodoAligner(AlignerBase):
@@ -85,7 +94,7 @@ class ComodoAligner(AlignerBase):
 
     @torch.no_grad()
     def teacher(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return F.normalize(model.encode_video(batch), dim=-1)
+        return F.normalize(model.encode_video(batch).float(), dim=-1)  # the queue holds float32
 
     @torch.no_grad()
     def on_stage_start(self, model: nn.Module, context: Any) -> None:
@@ -108,11 +117,10 @@ class ComodoAligner(AlignerBase):
             centre = bank.mean(dim=0, keepdim=True)
             teacher, bank = F.normalize(teacher - centre, dim=-1), F.normalize(bank - centre, dim=-1)
         loss = distillation_loss(teacher, student, bank, p.teacher_temperature, p.student_temperature)
-        with torch.no_grad():  # how often the student's most similar bank entry is the teacher's
-            agree = (teacher @ bank.T).argmax(1) == (F.normalize(student, dim=-1) @ bank.T).argmax(1)
+        agreement = top1_agreement(teacher, student, bank)
         if self.training:  # validation reads the queue but never fills it
             self.queue.push(target)
-        return {"loss": loss, "top1_agreement": agree.float().mean()}
+        return {"loss": loss, "top1_agreement": agreement}
 
 
 @hookimpl

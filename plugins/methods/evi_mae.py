@@ -27,6 +27,7 @@ from pydantic import Field
 from torch import nn
 
 from detach_framework.contracts import AlignerBase
+from detach_framework.engine.precision import float32
 from detach_framework.errors import UserError
 from detach_framework.plugins import hookimpl
 from detach_framework.registry import MAX_SENSOR_LENGTH, MAX_WIDTH, ComponentParams
@@ -53,6 +54,7 @@ def random_mask(batch: int, tokens: int, ratio: float, device: torch.device | st
     return mask.scatter_(1, order[:, :count], True)
 
 
+@float32
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over masked tokens of the per-token mean squared error; pred/target [..., F], mask [...]."""
     per_token = (pred - target).pow(2).mean(dim=-1)

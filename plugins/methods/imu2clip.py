@@ -18,6 +18,7 @@ from torch import nn
 
 from detach_framework.contracts import AlignerBase
 from detach_framework.engine.distributed import gather_with_grad
+from detach_framework.engine.precision import float32
 from detach_framework.errors import UserError
 from detach_framework.plugins import hookimpl
 from detach_framework.registry import MAX_SENSOR_LENGTH, MAX_WIDTH, ComponentParams, Width
@@ -114,6 +115,7 @@ class InfoNceLoss(nn.Module):
     def logit_scale(self) -> torch.Tensor:
         return self.log_scale.clamp(max=self.max_log_scale).exp()
 
+    @float32
     def forward(self, video: torch.Tensor, sensor: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         video, sensor = F.normalize(video, dim=-1), F.normalize(sensor, dim=-1)
         logits = self.logit_scale() * video @ sensor.T  # S[i, j] = cos(v_i, s_j) / tau
@@ -139,8 +141,10 @@ class GlobalContrastiveParams(ComponentParams):
 class GlobalContrastiveAligner(AlignerBase):
     """Global alignment: one vector per clip and per window, the loss between them; trains everything."""
 
-    def __init__(self, params: GlobalContrastiveParams, model: nn.Module, loss: nn.Module) -> None:
+    def __init__(self, params: GlobalContrastiveParams, model: nn.Module, loss: nn.Module | None) -> None:
         super().__init__()
+        if loss is None:
+            raise UserError("aligner global_contrastive needs a stage loss (e.g. name: infonce)")
         if model.video_head.out_dim != model.sensor_encoder.out_dim:
             raise UserError(
                 f"model.video_head.dim ({model.video_head.out_dim}) must equal model.sensor_encoder.dim "

@@ -17,6 +17,7 @@ from pydantic import Field
 from torch import nn
 
 from detach_framework.contracts import AlignerBase
+from detach_framework.engine.precision import float32
 from detach_framework.errors import UserError
 from detach_framework.plugins import hookimpl
 from detach_framework.registry import MAX_WIDTH, ComponentParams
@@ -43,6 +44,7 @@ def augment(sensor: torch.Tensor, noise_std: float, scale_std: float) -> torch.T
     return (sensor + noise) * scale
 
 
+@float32
 def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
     """SimCLR's loss over 2B views: row i's positive is its other view, every other view a negative."""
     z = torch.cat([F.normalize(a, dim=-1), F.normalize(b, dim=-1)])
@@ -62,6 +64,7 @@ def nearest_neighbours(queries: torch.Tensor, support: torch.Tensor) -> torch.Te
     return support[(queries @ support.T).argmax(dim=1)].detach()
 
 
+@float32
 def nnclr_loss(a: torch.Tensor, b: torch.Tensor, support: torch.Tensor, temperature: float) -> torch.Tensor:
     """Symmetric NNCLR: NN(a_i) must pick b_i among the batch's b, and NN(b_i) pick a_i among the a."""
     a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)

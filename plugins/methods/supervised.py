@@ -40,7 +40,7 @@ class SupervisedAligner(AlignerBase):
         return [model.sensor_encoder]
 
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        logits = self.classifier(self.dropout(model.encode_sensor(batch)))
+        logits = self.classifier(self.dropout(model.encode_sensor(batch))).float()  # the loss in float32
         labels = batch["label"]
         loss = F.cross_entropy(logits, labels, label_smoothing=self.params.label_smoothing)
         accuracy = (logits.argmax(dim=1) == labels).float().mean().detach()
