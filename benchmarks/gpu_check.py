@@ -2,6 +2,7 @@
 
     python benchmarks/gpu_check.py --out gpu_check.json            # on a CUDA machine
     python benchmarks/gpu_check.py --device cpu --small            # a dry run of the same code here
+    python benchmarks/gpu_check.py --device cpu --smoke            # the smallest dry run (the tests run it)
 
 1. CUDA path: trains a tiny DETACH spec through the CLI with runtime.device=cuda (stage 1 with ODC,
    stage 2 with EMA, evaluation) and checks the run directory.
@@ -31,12 +32,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 
-def cuda_path(device: str) -> dict:
+def cuda_path(device: str, smoke: bool = False) -> dict:
     from conftest import tiny_spec  # the test suite's tiny spec
     from test_detach import DETACH_MODEL, DETACH_STAGES
 
     spec = tiny_spec(model=DETACH_MODEL, stages=DETACH_STAGES)
     spec["runtime"]["device"] = device
+    if smoke:
+        spec["data"].update(frames=2, frame_size=16, sensor_length=16)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "spec.yaml"
         path.write_text(yaml.safe_dump(spec))
@@ -111,8 +114,7 @@ def step_speed(device: torch.device, small: bool, batches: list[int]) -> list[di
                     optimizer.zero_grad(set_to_none=True)
                     out["loss"].backward()
                     optimizer.step()
-                    if hasattr(aligner, "after_optimizer_step"):
-                        aligner.after_optimizer_step(model)
+                    aligner.after_optimizer_step(model)  # declared by AlignerBase (a no-op where unused)
 
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats()
@@ -164,7 +166,7 @@ def build_aligner(registry, spec, model, method: str, device: torch.device):
     return aligner, aligner.trainable_modules(model)
 
 
-def data_speed(small: bool, workers: list[int]) -> list[dict]:
+def data_speed(small: bool, workers: list[int], preset: str = "benchmark") -> list[dict]:
     from torch.utils.data import DataLoader
 
     from detach_framework.data.settings import DataSettings
@@ -172,7 +174,7 @@ def data_speed(small: bool, workers: list[int]) -> list[dict]:
 
     frames, size = (4, 64) if small else (20, 224)
     source = build_synthetic_kitchen(
-        SyntheticKitchenParams(preset="benchmark"), DataSettings(frames=frames, frame_size=size)
+        SyntheticKitchenParams(preset=preset), DataSettings(frames=frames, frame_size=size)
     )
     dataset = source.split("train")
     rows = []
@@ -188,14 +190,19 @@ def data_speed(small: bool, workers: list[int]) -> list[dict]:
     return rows
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--small", action="store_true", help="tiny sizes, for a dry run on the CPU")
     parser.add_argument("--batches", default="32,64,128,256")
     parser.add_argument("--data-workers", default="0,8", help="DataLoader workers to time (empty: skip)")
     parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
+    parser.add_argument(
+        "--smoke", action="store_true", help="--small, one batch of 2, tiny data: every part's code in seconds"
+    )
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.small, args.batches, args.data_workers = True, "2", "0"
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -205,11 +212,11 @@ def main() -> None:
         "command": " ".join(sys.argv),
     }
     print(json.dumps(report), flush=True)
-    report["cuda_path"] = cuda_path(args.device)
+    report["cuda_path"] = cuda_path(args.device, args.smoke)
     print(json.dumps({"cuda_path": report["cuda_path"]}), flush=True)
     report["steps"] = step_speed(device, args.small, [int(b) for b in args.batches.split(",")])
     workers = [int(w) for w in args.data_workers.split(",") if w.strip()]
-    report["data"] = data_speed(args.small, workers) if workers else []
+    report["data"] = data_speed(args.small, workers, "tiny" if args.smoke else "benchmark") if workers else []
     if args.out:
         args.out.write_text(json.dumps(report, indent=2))
 
