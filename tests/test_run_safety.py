@@ -112,7 +112,7 @@ def test_resume_before_the_first_checkpoint_refuses_another_spec(spec, tmp_path,
     monkeypatch.undo()
     assert not list((run / "checkpoints").glob("*.pt"))
     capsys.readouterr()
-    for override in ("seed=8", "stages.0.optimizer.lr=0.01", "model.sensor_encoder.dim=16"):
+    for override in ("seed=8", "stages.0.optimizer.lr=0.01", "model.sensor_encoder.gru_hidden=16"):
         assert main(["train", spec, "--run-dir", str(run), "--resume", override]) == 2
         line = one_line(capsys, "--resume", "spec.yaml", "belongs to spec uid")
         assert line.count("synthetic_kitchen-") == 2  # both uids named
