@@ -105,7 +105,11 @@ def _keep_previous(path: Path) -> None:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and verify a checkpoint written by `save_checkpoint`; anything needing unpickling is refused."""
     path = Path(path)
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except OSError as exc:  # e.g. a name too long for the file system
+        raise CheckpointError(f"checkpoint not readable: {path} ({exc.strerror})") from None
+    if not found:
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)

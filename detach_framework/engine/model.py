@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from detach_framework.contracts import DatasetSource
-from detach_framework.errors import PluginError
+from detach_framework.errors import PluginError, UserError
 from detach_framework.registry import Component, Registry
 
 # Slots whose outputs are checked against their contract on every call (cheap: a few shape comparisons).
@@ -55,6 +55,11 @@ class OutputCheck:
             )
 
 
+def reads_frames(head: nn.Module) -> bool:
+    """A video head declaring `input_kind = "frames"` reads normalised frames instead of backbone maps."""
+    return getattr(head, "input_kind", "maps") == "frames"
+
+
 class AlignmentModel(nn.Module):
     """Encodes batches of raw uint8 video (or cached backbone maps) and sensor windows."""
 
@@ -68,6 +73,11 @@ class AlignmentModel(nn.Module):
         self.backbone_frozen = bool(spec.video_backbone.frozen)
         feature_dim = int(self.video_backbone.feature_dim)
         self.video_head = registry.build("video_head", spec.video_head, in_dim=feature_dim)
+        if reads_frames(self.video_head):  # encode_video feeds backbone maps: only the temporal slot gets frames
+            raise UserError(
+                f"model.video_head '{spec.video_head.name}' reads raw frames (input: frames), which only "
+                "model.video_temporal_head receives: set its input to maps, or move it to video_temporal_head"
+            )
         self.sensor_encoder = registry.build(
             "sensor_encoder", spec.sensor_encoder, in_channels=channels, length=sensor_length
         )
@@ -127,7 +137,7 @@ class AlignmentModel(nn.Module):
 
     def video_temporal_input(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """A temporal head declaring `input_kind = "frames"` sees normalised frames, others backbone maps."""
-        if getattr(self.video_temporal_head, "input_kind", "maps") == "frames":
+        if reads_frames(self.video_temporal_head):
             return self.normalise_video(batch["video"])
         return self.video_maps(batch)
 

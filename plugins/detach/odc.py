@@ -13,6 +13,7 @@ from sklearn.cluster import KMeans
 from torch import nn
 
 from detach_framework.engine.precision import float32
+from detach_framework.errors import UserError
 from detach_framework.registry import ComponentParams
 
 
@@ -56,6 +57,11 @@ class OnlineDeepClustering(nn.Module):
     @torch.no_grad()
     def initialize(self, features: torch.Tensor, seed: int) -> None:
         """Bank <- normalised features of the whole training set; labels and centroids by seeded k-means."""
+        if len(features) < self.k:
+            raise UserError(
+                f"model.clusterer.k is {self.k} but the training split has only {len(features)} windows to cluster: "
+                "lower k, or give the dataset more windows (e.g. a shorter data.stride_seconds)"
+            )
         bank = F.normalize(features.float(), dim=1)
         kmeans = KMeans(n_clusters=self.k, n_init=self.params.kmeans_init, random_state=seed)
         labels = kmeans.fit_predict(bank.cpu().numpy().astype(np.float64))

@@ -21,16 +21,18 @@ from detach_framework.plugins import hookimpl
 from detach_framework.registry import MAX_BATCH_SIZE, MAX_EPOCHS, ComponentParams, Registry
 
 from . import recording_probe
-from .probe_fit import ProbeFitParams
+from .probe_fit import MAX_PROBE_LR, MAX_PROBE_WEIGHT_DECAY, ProbeFitParams
 
 CONFUSION_PNG = "confusion_matrix.png"
 
 
 class LinearProbeParams(ProbeFitParams):
     epochs: PositiveInt = Field(30, le=MAX_EPOCHS, description="Training epochs of the linear classifier.")
-    lr: float = Field(1e-3, gt=0, description="Adam learning rate.")
+    lr: float = Field(1e-3, gt=0, le=MAX_PROBE_LR, description="Adam learning rate.")
     batch_size: PositiveInt = Field(256, le=MAX_BATCH_SIZE, description="Mini-batch size.")
-    weight_decay: float = Field(0.0, ge=0, description="Adam weight decay (L2 on the classifier).")
+    weight_decay: float = Field(
+        0.0, ge=0, le=MAX_PROBE_WEIGHT_DECAY, description="Adam weight decay (L2 on the classifier)."
+    )
     standardize: bool = Field(
         True, description="Standardise each feature with the train split's mean and std before fitting."
     )

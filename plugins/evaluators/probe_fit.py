@@ -7,6 +7,10 @@ import numpy as np
 from detach_framework.evaluation import linear_probe
 from detach_framework.registry import ComponentParams
 
+# A probe's Adam diverges to NaN long before these (and torch cannot even hold a weight decay above float32's range).
+MAX_PROBE_LR = 10.0
+MAX_PROBE_WEIGHT_DECAY = 10.0
+
 
 class ProbeFitParams(ComponentParams):
     """Base of a probe evaluator's params. Subclasses declare epochs, lr, batch_size, weight_decay and

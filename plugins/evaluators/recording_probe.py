@@ -21,7 +21,7 @@ from detach_framework.evaluation import (
 )
 from detach_framework.registry import MAX_BATCH_SIZE, MAX_EPOCHS, Registry
 
-from .probe_fit import ProbeFitParams
+from .probe_fit import MAX_PROBE_LR, MAX_PROBE_WEIGHT_DECAY, ProbeFitParams
 
 CONFUSION_PNG = "recording_confusion_matrix.png"
 
@@ -33,9 +33,9 @@ class RecordingProbeParams(ProbeFitParams):
     epochs: PositiveInt = Field(
         200, le=MAX_EPOCHS, description="Training epochs of the linear classifier (few samples)."
     )
-    lr: float = Field(1e-2, gt=0, description="Adam learning rate.")
+    lr: float = Field(1e-2, gt=0, le=MAX_PROBE_LR, description="Adam learning rate.")
     batch_size: PositiveInt = Field(64, le=MAX_BATCH_SIZE, description="Mini-batch size.")
-    weight_decay: float = Field(0.0, ge=0, description="Adam weight decay.")
+    weight_decay: float = Field(0.0, ge=0, le=MAX_PROBE_WEIGHT_DECAY, description="Adam weight decay.")
     standardize: bool = Field(True, description="Standardise features with the train recordings' statistics.")
 
 

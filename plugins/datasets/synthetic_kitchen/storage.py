@@ -61,7 +61,11 @@ def load_recordings(root: Path) -> StoredKitchen:
     """Read an exported kitchen; every problem is a UserError naming the offending file."""
     root = Path(root)
     manifest_path = root / MANIFEST
-    if not manifest_path.is_file():
+    try:
+        found = manifest_path.is_file()
+    except OSError as exc:  # e.g. a name too long for the file system
+        raise UserError(f"synthetic_kitchen root: cannot read {root}: {exc.strerror}") from None
+    if not found:
         raise UserError(f"synthetic_kitchen root: {manifest_path} not found (write one with export)")
     try:
         manifest = json.loads(manifest_path.read_text())
