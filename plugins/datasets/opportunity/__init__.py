@@ -1,6 +1,6 @@
 """Opportunity (UCI release) and Opportunity++ dataset plugins.
 
-Formats follow ../shared/DATA.md; facts marked unconfirmed there are named constants in `formats.py`.
+Formats are described in `formats.py`, where each fact not yet confirmed on the real release is a named constant.
 Tools: `fixture` (a tiny dataset in the real layout with truth.json), `fixture_params` (params reading it
 with all three splits non-empty) and `inspect` (a root's summary).
 """

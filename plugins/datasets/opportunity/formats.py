@@ -1,7 +1,7 @@
 """The on-disk formats of Opportunity (UCI) and Opportunity++, their fixed facts, readers and writers.
 
-Facts marked UNCONFIRMED (see ../shared/DATA.md) live in one named constant each, so a correction is a
-one-line change. Every reader error names the file and the line.
+Facts marked UNCONFIRMED (not yet checked against the real release) live in one named constant each, so a
+correction is a one-line change. Every reader error names the file and the line.
 """
 
 from __future__ import annotations
