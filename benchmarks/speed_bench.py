@@ -9,7 +9,7 @@ baseline and current within each round, each side with its own run directory and
 before the first round each side's caches are built (`detach cache build`, untimed), so the timed runs read a
 warm frame cache, as a user's second run does. The baseline side imports its own code: a temporary folder
 holds links to its `detach_framework/` and `plugins/` and the entry points of its pyproject, and comes first
-on PYTHONPATH. Printed per case: the median wall time of each side, their ratio, peak RSS, and whether the
+on PYTHONPATH; the current side (the checkout this script is in) is imported the same way. Printed per case: the median wall time of each side, their ratio, peak RSS, and whether the
 test metrics agree (the speed work removes repeated work, so they should, to float rounding).
 """
 
@@ -57,13 +57,13 @@ SMOKE_OVERRIDES = [  # `--smoke`: the smallest sizes, seconds per run (the defau
 class Side:
     label: str
     checkout: Path
-    pythonpath: Path | None  # None: this checkout, imported as installed
+    pythonpath: Path | None  # a folder that makes the checkout importable first; None: as installed
     walls: list[float] = field(default_factory=list)
     rss_mb: list[float] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def baseline_site(checkout: Path, into: Path) -> Path:
+def checkout_site(checkout: Path, into: Path) -> Path:
     """A folder that makes `checkout`'s code importable ahead of the installed one: links to its packages and
     a dist-info with its entry points (the plugins are found through them)."""
     site = into / "site"
@@ -179,7 +179,12 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(name)
         checkout = resolve_baseline(args.baseline, tmp)
         try:
-            sides = [Side("baseline", checkout, baseline_site(checkout, tmp)), Side("current", ROOT, None)]
+            # Each side imports its own checkout, so the script can run from a clone of a commit while the
+            # installed (editable) tree goes on changing.
+            sides = [
+                Side("baseline", checkout, checkout_site(checkout, tmp / "baseline-site")),
+                Side("current", ROOT, checkout_site(ROOT, tmp / "current-site")),
+            ]
             if args.profile:
                 args.profile.mkdir(parents=True, exist_ok=True)
             results = [bench_case(case, sides, args.rounds, tmp, extra, args.profile) for case in cases]

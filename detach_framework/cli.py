@@ -165,6 +165,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from detach_framework.engine.evaluate import evaluate_run, format_summary
     from detach_framework.engine.precision import check_precision
     from detach_framework.engine.rundir import RunDirectory
+    from detach_framework.engine.threads import configure_threads
     from detach_framework.engine.trainer import Trainer, resolve_device
     from detach_framework.spec import dump_spec, load_spec
 
@@ -174,6 +175,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec, host.registry, args.overrides)
     path = args.run_dir or Path("runs") / spec.name / spec.uid
     check_precision(spec.runtime.precision, resolve_device(spec.runtime.device))  # before a run directory exists
+    threads = configure_threads(spec.runtime.threads, spec.data.num_workers)  # before any parallel work
     rank = distributed.init_from_environment(resolve_device(spec.runtime.device).type)
     run = None
     try:
@@ -194,7 +196,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if rank.is_main:
             if not run.spec_file.is_file():  # a resumed run killed before it wrote its spec writes it now
                 run.write_spec(dump_spec(spec))
-            run.write_env([vars(p) for p in host.plugins])
+            run.write_env([vars(p) for p in host.plugins], threads)
             print(f"run directory: {run.path}", file=sys.stderr)
         else:
             run = RunDirectory(Path(path))

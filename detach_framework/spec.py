@@ -130,6 +130,11 @@ class RuntimeSpec(StrictModel):
     progress: Literal["auto", "on", "off"] = Field("auto", description="tqdm bars (auto: only on a TTY).")
     tensorboard: bool = Field(True, description="Write TensorBoard scalars when tensorboard is installed.")
     log_every: int = Field(10, ge=1, le=1_000_000, description="Log training scalars every N steps.")
+    threads: Annotated[int, Field(ge=1, le=1024)] | Literal["auto"] = Field(
+        "auto",
+        description="Intra-op CPU threads of each training process (auto: the usable cores, shared among the "
+        "torchrun processes of a node, less one per DataLoader worker; at least 1). Recorded in env.json.",
+    )
     sync_batchnorm: bool = Field(
         False, description="Under torchrun, synchronise batch-norm statistics across processes (SyncBatchNorm)."
     )
@@ -206,7 +211,8 @@ class Experiment(StrictModel):
 # Paths (model_dump keys) that never change results: excluded from the uid hash.
 UID_EXCLUDE: dict[str, Any] = {
     "name": True,
-    "runtime": {"device", "progress", "tensorboard", "log_every"},  # sync_batchnorm, precision change results
+    # sync_batchnorm and precision change results; the thread count at most the float rounding
+    "runtime": {"device", "progress", "tensorboard", "log_every", "threads"},
     "data": {"num_workers"},
     "cache": {"dir", "frames"},
 }

@@ -39,6 +39,8 @@ def test_train_writes_complete_run_directory(tmp_path, capsys):
         "plots/confusion_matrix.png",
     ):
         assert (run / name).is_file(), name
+    threads = json.loads((run / "env.json").read_text())["threads"]
+    assert threads["requested"] == "auto" and threads["intra_op"] >= 1 and threads["data_workers"] == 0
     summary = json.loads((run / "summary.json").read_text())
     for key in ("weighted_f1", "macro_map", "accuracy", "v2s_R@1", "v2s_R@5", "v2s_R@10", "s2v_R@10"):
         assert 0.0 <= summary["metrics"][key] <= 1.0, key

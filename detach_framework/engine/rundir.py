@@ -169,8 +169,8 @@ class RunDirectory:
     def write_spec(self, text: str) -> None:
         atomic_write_text(self.spec_file, text)
 
-    def write_env(self, plugins: list[dict[str, Any]]) -> None:
-        atomic_write_json(self.path / ENV_FILE, environment_info(plugins))
+    def write_env(self, plugins: list[dict[str, Any]], threads: dict[str, Any] | None = None) -> None:
+        atomic_write_json(self.path / ENV_FILE, environment_info(plugins, threads))
 
     def log(self, record: dict[str, Any]) -> None:
         """Append one JSON line; a line is written whole and flushed so a killed run keeps its history."""
@@ -211,7 +211,7 @@ def _version(package: str) -> str:
         return "not installed"
 
 
-def environment_info(plugins: list[dict[str, Any]]) -> dict[str, Any]:
+def environment_info(plugins: list[dict[str, Any]], threads: dict[str, Any] | None = None) -> dict[str, Any]:
     import torch
 
     return {
@@ -219,5 +219,6 @@ def environment_info(plugins: list[dict[str, Any]]) -> dict[str, Any]:
         "platform": platform.platform(),
         "packages": {name: _version(name) for name in ("detach-framework", "torch", "timm", "numpy", "pydantic")},
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "threads": threads,
         "plugins": plugins,
     }

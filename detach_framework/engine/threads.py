@@ -1,0 +1,40 @@
+"""How many intra-op threads a training process uses (`runtime.threads`), chosen once before any work.
+
+torch starts one intra-op thread per core it sees. Two things oversubscribe the cores: DataLoader workers
+(each a process rendering or decoding samples; torch gives each worker one thread) and several torchrun
+processes on one node. `auto` gives the training process the cores that are left, at least one.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask, which containers and `taskset` narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def configure_threads(threads: int | str, data_workers: int) -> dict[str, Any]:
+    """Set torch's intra-op thread count for `runtime.threads` and return what was chosen, for env.json."""
+    cores = usable_cores()
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if threads == "auto":
+        chosen = max(1, cores // max(local_processes, 1) - data_workers)
+    else:
+        chosen = int(threads)
+    torch.set_num_threads(chosen)
+    return {
+        "requested": threads,
+        "intra_op": torch.get_num_threads(),
+        "inter_op": torch.get_num_interop_threads(),
+        "usable_cores": cores,
+        "data_workers": data_workers,
+        "local_processes": local_processes,
+    }
