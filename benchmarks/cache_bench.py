@@ -42,12 +42,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from detach_framework.cache import CachedSplit, plan_cache  # noqa: E402
 from detach_framework.cache.build import ensure_store  # noqa: E402
-from detach_framework.cache.commands import context_from_spec  # noqa: E402
 from detach_framework.cache.keys import sample_key  # noqa: E402
 from detach_framework.cache.store import StoreReader, decode_record  # noqa: E402
 from detach_framework.engine.checkpoint import save_checkpoint  # noqa: E402
 from detach_framework.engine.rundir import RunDirectory  # noqa: E402
-from detach_framework.engine.trainer import Trainer, make_loader, to_device  # noqa: E402
+from detach_framework.engine.session import Session, make_loader, to_device  # noqa: E402
+from detach_framework.engine.trainer import Trainer  # noqa: E402
 from detach_framework.plugins import load_plugins  # noqa: E402
 from detach_framework.spec import load_spec  # noqa: E402
 
@@ -128,7 +128,8 @@ def bench_spec(cache_dir: Path, sizes: Sizes, *, small: bool = False, mode: str 
 
 
 def trainer_for(spec: dict[str, Any], host: Any, run_dir: Path) -> Trainer:
-    return Trainer(load_spec(spec, host.registry), host, RunDirectory.prepare(run_dir, overwrite=True))
+    session = Session.from_spec(load_spec(spec, host.registry), host)
+    return Trainer(session, RunDirectory.prepare(run_dir, overwrite=True))
 
 
 def timed_fit(trainer: Trainer) -> float:
@@ -300,7 +301,7 @@ def rss_section(host: Any, work: Path, sizes: Sizes) -> None:
     measured = {}
     for scale in (1, 4):
         spec = bench_spec(work / "cache", sizes, small=True, scale=scale)
-        context = context_from_spec(load_spec(spec, host.registry), host)
+        context = Session.from_spec(load_spec(spec, host.registry), host).cache_context()
         ensure_store(plan_cache(context), context)  # built here, so the measured process only reads
         path = work / f"rss_{scale}.json"
         path.write_text(json.dumps(spec))

@@ -39,7 +39,7 @@ if importlib.util.find_spec("detach_framework") is None:  # not installed: use t
 
 from detach_framework import cli  # noqa: E402
 from detach_framework.cache import dataset as cache_dataset  # noqa: E402
-from detach_framework.engine import evaluate, model, trainer  # noqa: E402
+from detach_framework.engine import evaluate, model, session, trainer  # noqa: E402
 from detach_framework.plugins import load_plugins  # noqa: E402
 
 SLOTS = ("video_backbone", "video_head", "sensor_encoder", "video_temporal_head", "sensor_temporal_encoder")
@@ -110,7 +110,7 @@ def instrument(clock: Clock, backward: Backward) -> None:
     clock.wrap(torch.utils.data.dataloader._BaseDataLoaderIter, "__next__", phase_row("data: other"))
     clock.wrap(torch.utils.data._utils.collate, "default_collate", phase_row("data: collate"))
     clock.wrap(cache_dataset.CachedSplit, "__getitem__", phase_row("data: cache read"))
-    build_source = trainer.build_source
+    build_source = session.build_source
     wrapped: set[type] = set()
 
     def source_with_timed_windows(*args: Any, **kwargs: Any) -> Any:
@@ -121,7 +121,7 @@ def instrument(clock: Clock, backward: Backward) -> None:
             clock.wrap(split_type, "__getitem__", phase_row("data: render / read a window"))
         return source
 
-    trainer.build_source = source_with_timed_windows
+    session.build_source = source_with_timed_windows
 
     # Model slots: forward hooks attached as the model is built; backward via hooks on outputs and params.
     built = model.AlignmentModel.__init__
@@ -175,6 +175,7 @@ def instrument(clock: Clock, backward: Backward) -> None:
                 clock.wrap(cls, hook, phase_row(f"aligner {component.name}: {hook}"))
 
     clock.wrap(trainer, "save_checkpoint", "checkpoints")
+    clock.wrap(session.Session, "from_spec", "setup: dataset, model, cache (other)")
     clock.wrap(trainer.Trainer, "__init__", "setup: dataset, model, cache (other)")
     clock.wrap(evaluate, "embed_split", "evaluation: encode splits (other)")
 

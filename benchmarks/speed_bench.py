@@ -9,8 +9,9 @@ baseline and current within each round, each side with its own run directory and
 before the first round each side's caches are built (`detach cache build`, untimed), so the timed runs read a
 warm frame cache, as a user's second run does. The baseline side imports its own code: a temporary folder
 holds links to its `detach_framework/` and `plugins/` and the entry points of its pyproject, and comes first
-on PYTHONPATH; the current side (the checkout this script is in) is imported the same way. Printed per case: the median wall time of each side, their ratio, peak RSS, and whether the
-test metrics agree (the speed work removes repeated work, so they should, to float rounding).
+on PYTHONPATH; the current side (the checkout this script is in) is imported the same way. Printed per case:
+the median wall time of each side, their ratio, peak RSS, and whether the test metrics agree (the speed work
+removes repeated work, so they should, to float rounding).
 """
 
 from __future__ import annotations

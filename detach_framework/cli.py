@@ -42,11 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     command("plugins", "list plugins, their distributions and load failures")
-    p = command("components", "list registered components (optionally of one kind)")
+    p = command("components", "list registered components (of one kind), or one component's params")
     p.add_argument("kind", nargs="?")
+    p.add_argument("name", nargs="?", help="show this component's params: type, default, description")
     p = command("validate", "validate a spec (with overrides) and print its uid")
     p.add_argument("spec")
     p.add_argument("overrides", nargs="*", metavar="key.path=value")
+    p.add_argument("--print", action="store_true", help="print the resolved spec (YAML, as the run's spec.yaml)")
     p = command("schema", "write the JSON Schema of spec files")
     p.add_argument("--out", type=Path, default=DEFAULT_SCHEMA)
     p = command("train", "train a spec into a run directory, then evaluate it")
@@ -61,8 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, help="runs at a time (each gets its share of the CPU threads)")
     p.add_argument("--out", type=Path, help="default: runs/studies/<study name>")
     p.add_argument("--seeds", help="comma-separated subset of the study's seeds to run now (tables use all)")
+    p.add_argument("--dry-run", action="store_true", help="list the runs it would start and skip; start none")
     p = command("eval", "evaluate a run directory again and rewrite its summary.json")
     p.add_argument("run_dir", type=Path)
+    p = command("export", "write a run's sensor encoder, preprocessing and probe to a directory (safetensors + JSON)")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="the export directory (an existing export is replaced)")
+    p = command("predict", "per-window class probabilities of one recording from an export directory, as CSV")
+    p.add_argument("export_dir", type=Path)
+    p.add_argument("input", type=Path, help="a recording in a registered dataset's format, or a CSV of channels")
+    p.add_argument("--out", type=Path, required=True, help="the CSV to write")
+    p.add_argument("--format", default="auto", help="auto (.csv: CSV, else the export's dataset), csv, or a dataset")
     p = command("report", "write report.html (figures, tables) for a run directory or a study directory")
     p.add_argument("path", type=Path)
     p = command("cache", "build, inspect, verify or clear the LMDB feature cache of a spec")
@@ -132,7 +143,14 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_components(args: argparse.Namespace) -> int:
+    from detach_framework.registry import describe_params
+
     host = _host(args)
+    if args.name is not None:
+        component = host.registry.get(args.kind, args.name)
+        print(f"{component.kind} '{component.name}' from {component.origin}: {component.description or '-'}")
+        _print_table(("param", "type", "default", "description"), describe_params(component.params))
+        return 0
     components = host.registry.components(args.kind)
     rows = [(c.kind, c.name, c.plugin, c.description) for c in components]
     _print_table(("kind", "name", "plugin", "description"), rows)
@@ -140,10 +158,12 @@ def cmd_components(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from detach_framework.spec import load_spec
+    from detach_framework.spec import dump_spec, load_spec
 
     spec = load_spec(args.spec, _host(args).registry, args.overrides)
-    print(f"ok: {args.spec} is valid; uid {spec.uid}")
+    if args.print:  # the YAML alone on stdout, so that it can be redirected into a spec file
+        print(dump_spec(spec), end="")
+    print(f"ok: {args.spec} is valid; uid {spec.uid}", file=sys.stderr if args.print else sys.stdout)
     return 0
 
 
@@ -158,58 +178,17 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import torch
-
-    from detach_framework.data.transforms import save_preprocessing
-    from detach_framework.engine import distributed
-    from detach_framework.engine.evaluate import evaluate_run, format_summary
-    from detach_framework.engine.precision import check_precision
-    from detach_framework.engine.rundir import RunDirectory
-    from detach_framework.engine.threads import configure_threads
-    from detach_framework.engine.trainer import Trainer, resolve_device
-    from detach_framework.spec import dump_spec, load_spec
+    from detach_framework.engine.evaluate import format_summary
+    from detach_framework.engine.run import train_and_evaluate
+    from detach_framework.spec import load_spec
 
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return _torchrun(args)
     host = _host(args)
     spec = load_spec(args.spec, host.registry, args.overrides)
-    path = args.run_dir or Path("runs") / spec.name / spec.uid
-    check_precision(spec.runtime.precision, resolve_device(spec.runtime.device))  # before a run directory exists
-    threads = configure_threads(spec.runtime.threads, spec.data.num_workers)  # before any parallel work
-    rank = distributed.init_from_environment(resolve_device(spec.runtime.device).type)
-    run = None
-    try:
-        # Rank 0 alone prepares (and locks) the run directory; the others learn whether it succeeded.
-        failure = ""
-        if rank.is_main:
-            try:
-                run = RunDirectory.prepare(path, resume=args.resume, overwrite=args.overwrite)
-                if args.resume:
-                    run.check_same_spec(spec, host.registry)
-            except UserError as exc:
-                failure = str(exc)
-        ok = distributed.broadcast_(torch.tensor([0 if failure else 1], device=resolve_device(spec.runtime.device)))
-        if failure:
-            raise UserError(failure)
-        if not int(ok.item()):
-            raise UserError(f"rank 0 could not prepare the run directory {path}")
-        if rank.is_main:
-            if not run.spec_file.is_file():  # a resumed run killed before it wrote its spec writes it now
-                run.write_spec(dump_spec(spec))
-            run.write_env([vars(p) for p in host.plugins], threads)
-            print(f"run directory: {run.path}", file=sys.stderr)
-        else:
-            run = RunDirectory(Path(path))
-        trainer = Trainer(spec, host, run)
-        if rank.is_main:
-            save_preprocessing(trainer.source, run.path)  # train-split statistics, reused by `detach eval`
-        trainer.fit(resume=args.resume)
-        if rank.is_main:
-            print(format_summary(evaluate_run(trainer, run)))
-    finally:
-        if run is not None:
-            run.close()
-        distributed.shutdown()
+    result = train_and_evaluate(spec, host, args.run_dir, resume=args.resume, overwrite=args.overwrite)
+    if result.summary is not None:  # rank 0
+        print(format_summary(result.summary))
     return 0
 
 
@@ -238,7 +217,7 @@ def _torchrun(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from detach_framework.engine.study import load_study, run_study
+    from detach_framework.engine.study import dry_run, load_study, run_study
 
     if args.jobs < 1:
         raise UserError(f"--jobs {args.jobs}: expected a positive number of parallel runs")
@@ -247,6 +226,9 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
     except ValueError:
         raise UserError(f"--seeds {args.seeds}: expected comma-separated integers") from None
+    if args.dry_run:
+        print("\n".join(dry_run(args.study, _host(args).registry, out, seeds=seeds)))
+        return 0
     result = run_study(args.study, _host(args).registry, out, jobs=args.jobs, seeds=seeds, plugins=args.plugin or [])
     print((out / "study.md").read_text(), end="")
     print(f"wrote {out / 'study.csv'}, {out / 'study.md'}, {out / 'study.png'} ({len(result['rows'])} runs)")
@@ -257,19 +239,38 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from detach_framework.data.transforms import load_preprocessing
     from detach_framework.engine.evaluate import evaluate_run, format_summary
     from detach_framework.engine.rundir import RunDirectory
-    from detach_framework.engine.trainer import Trainer
+    from detach_framework.engine.session import Session
     from detach_framework.spec import load_spec
 
     host = _host(args)
     run = RunDirectory.open_existing(args.run_dir, write=True)
     try:
-        spec = load_spec(run.spec_file, host.registry)
-        trainer = Trainer(spec, host, run)
-        load_preprocessing(trainer.source, run.path)
-        summary = evaluate_run(trainer, run)
+        session = Session.from_spec(load_spec(run.spec_file, host.registry), host)
+        load_preprocessing(session.source, run.path)
+        summary = evaluate_run(session, run)
     finally:
         run.close()
     print(format_summary(summary))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from detach_framework.engine.export import write_export
+
+    manifest = write_export(args.run_dir, args.out, _host(args))
+    probe = f"probe from {manifest.probe.evaluator}" if manifest.probe else "no probe (the spec has no probe evaluator)"
+    print(f"wrote {args.out}: {len(manifest.channels)} channels at {manifest.sampling_rate_hz:g} Hz, {probe}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from detach_framework.engine.export import encoder_from_export
+    from detach_framework.engine.predict import predict_file
+
+    host = _host(args)
+    encoder = encoder_from_export(args.export_dir, host)
+    predictions = predict_file(encoder, args.input, args.out, host.registry, args.format)
+    print(f"wrote {args.out}: {len(predictions.start_s)} windows x {len(predictions.class_names)} classes")
     return 0
 
 
@@ -282,8 +283,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_cache(args: argparse.Namespace) -> int:
     from detach_framework.cache.commands import run_cache_command
+    from detach_framework.engine.session import Session
 
-    return run_cache_command(args, _host(args))
+    host = _host(args)
+    return run_cache_command(args, host, lambda spec: Session.from_spec(spec, host).cache_context())
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -338,6 +341,8 @@ COMMANDS = {
     "train": cmd_train,
     "ablate": cmd_ablate,
     "eval": cmd_eval,
+    "export": cmd_export,
+    "predict": cmd_predict,
     "report": cmd_report,
     "cache": cmd_cache,
     "data": cmd_data,

@@ -6,12 +6,15 @@ Plugins fill it through the `detach_register_components(registry)` hook; specs l
 from __future__ import annotations
 
 import difflib
+import json
 import re
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.fields import FieldInfo
 
 from detach_framework.errors import PluginError, UserError
 
@@ -60,6 +63,60 @@ def reachable_models(model: type[BaseModel]) -> list[type[BaseModel]]:
         else:
             pending += get_args(annotation)
     return found
+
+
+# Constraint attributes of pydantic field metadata, as `detach components KIND NAME` shows them.
+_CONSTRAINTS: dict[str, str] = {
+    "gt": "> {}",
+    "ge": ">= {}",
+    "lt": "< {}",
+    "le": "<= {}",
+    "length": "length {}",  # min_length == max_length
+    "min_length": "length >= {}",
+    "max_length": "length <= {}",
+    "pattern": "matching {}",
+}
+
+
+def describe_params(params: type[BaseModel]) -> list[tuple[str, str, str, str]]:
+    """(name, type with its constraints, default as YAML would write it, description) of every param."""
+    rows = []
+    for name, info in params.model_fields.items():
+        if info.is_required():
+            default = "(required)"
+        else:
+            value = info.get_default(call_default_factory=True)
+            default = json.dumps(value.model_dump(mode="json") if isinstance(value, BaseModel) else value, default=str)
+        kind = _type_text(info.annotation) + _constraint_text(info.metadata)
+        rows.append((name, kind, default, " ".join((info.description or "-").split())))
+    return rows
+
+
+def _type_text(annotation: Any) -> str:
+    origin, args = get_origin(annotation), get_args(annotation)
+    if annotation is type(None):
+        return "null"
+    if origin is Annotated:
+        return _type_text(args[0]) + _constraint_text(args[1:])
+    if origin is Literal:
+        return " | ".join(json.dumps(arg) for arg in args)
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_text(arg) for arg in args)
+    if origin is not None:
+        return f"{getattr(origin, '__name__', str(origin))}[{', '.join(_type_text(arg) for arg in args)}]"
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")
+
+
+def _constraint_text(metadata: Any) -> str:
+    bounds: dict[str, Any] = {}
+    for item in metadata:
+        for meta in item.metadata if isinstance(item, FieldInfo) else (item,):
+            bounds.update({key: getattr(meta, key) for key in _CONSTRAINTS if getattr(meta, key, None) is not None})
+    if "min_length" in bounds and bounds["min_length"] == bounds.get("max_length"):
+        bounds["length"] = bounds.pop("min_length")
+        del bounds["max_length"]
+    found = [text.format(bounds[key]) for key, text in _CONSTRAINTS.items() if key in bounds]
+    return f" ({', '.join(found)})" if found else ""
 
 
 @dataclass(frozen=True)

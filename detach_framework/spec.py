@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
 
@@ -128,7 +130,11 @@ class RuntimeSpec(StrictModel):
 
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$", description="auto, cpu, cuda[:N].")
     progress: Literal["auto", "on", "off"] = Field("auto", description="tqdm bars (auto: only on a TTY).")
-    tensorboard: bool = Field(True, description="Write TensorBoard scalars when tensorboard is installed.")
+    tensorboard: bool = Field(
+        False,
+        description="Write TensorBoard scalars to RUN_DIR/tensorboard (needs the extra: pip install "
+        "'detach-framework[tensorboard]'; training refuses to start without it). metrics.jsonl has them all anyway.",
+    )
     log_every: int = Field(10, ge=1, le=1_000_000, description="Log training scalars every N steps.")
     threads: Annotated[int, Field(ge=1, le=1024)] | Literal["auto"] = Field(
         "auto",
@@ -378,8 +384,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 _OVERRIDE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.([A-Za-z_][A-Za-z0-9_]*|\d+))*$")
 
 
-def apply_override(data: dict[str, Any], override: str) -> None:
-    """Apply one `key.path=value` (value parsed as YAML; digits index lists) to a raw spec dict."""
+def parse_override(override: str) -> tuple[list[str], Any]:
+    """`key.path=value` -> (the path's parts, the value parsed as YAML)."""
     key, sep, raw = override.partition("=")
     key = key.strip()
     if not sep or not _OVERRIDE_KEY.match(key):
@@ -388,7 +394,68 @@ def apply_override(data: dict[str, Any], override: str) -> None:
         value = yaml.load(raw, Loader=SpecLoader) if raw.strip() else ""  # noqa: S506 - a SafeLoader
     except (yaml.YAMLError, RecursionError):
         value = raw  # not valid YAML: take it as a plain string, validation decides
-    parts = key.split(".")
+    return key.split("."), value
+
+
+def apply_override(data: dict[str, Any], override: str) -> None:
+    """Apply one `key.path=value` (value parsed as YAML; digits index lists) to a raw spec dict."""
+    apply_overrides(data, [override])
+
+
+def apply_overrides(
+    data: dict[str, Any],
+    overrides: Sequence[str],
+    note: Callable[[str], None] | None = None,
+    registry: Registry | None = None,
+) -> None:
+    """Apply `key.path=value` overrides in order.
+
+    Setting a component slot's `name` to another component starts the slot from that component's defaults
+    (the old component's params would only be refused as unknown keys): the dropped keys go to `note` as one
+    line, and a key that another override of the same command line sets, before or after the swap, is kept.
+    With a `registry`, only a registered name switches; an unknown one is left for validation to report.
+    """
+    parsed = [parse_override(override) for override in overrides]
+    for index, (parts, value) in enumerate(parsed):
+        kind, path = _component_kind(parts), parts[:-1]
+        slot = _existing(data, path) if kind else None
+        switching = isinstance(slot, dict) and slot.get("name", value) != value
+        if switching and (registry is None or value in registry.names(kind)):
+            others = [other for position, (other, _) in enumerate(parsed) if position != index]
+            given = {other[len(path)] for other in others if len(other) > len(path) and other[: len(path)] == path}
+            dropped = [key for key in slot if key != "name" and key not in given]
+            for key in dropped:
+                del slot[key]
+            if dropped and note is not None:
+                listed = ", ".join(map(str, dropped))
+                note(f"{'.'.join(path)}: switching {slot['name']} -> {value} dropped {listed}")
+        _assign(data, parts, value)
+
+
+def _component_kind(parts: list[str]) -> str | None:
+    """The component kind whose tag `parts` sets (`model.video_backbone.name`, `eval.evaluators.0.name`), or None
+    for every other path, a stage's or the run's own `name` included."""
+    if parts[-1] != "name" or len(parts) < 2:
+        return None
+    slot = parts[-3] if parts[-2].isdigit() and len(parts) >= 3 else parts[-2]
+    return SLOT_KINDS.get(slot)
+
+
+def _existing(data: dict[str, Any], path: list[str]) -> Any:
+    """The value at `path`, or None where the path does not (yet) exist."""
+    node: Any = data
+    for part in path:
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        elif isinstance(node, dict):
+            node = node.get(part)
+        else:
+            return None
+    return node
+
+
+def _assign(data: dict[str, Any], parts: list[str], value: Any) -> None:
+    key = ".".join(parts)
     node: Any = data
     for depth, part in enumerate(parts):
         here = ".".join(parts[: depth + 1])
@@ -407,25 +474,42 @@ def apply_override(data: dict[str, Any], override: str) -> None:
             if last:
                 node[part] = value
             else:
-                node = node.setdefault(part, {})
+                if node.get(part) is None:  # an absent or null slot (`clusterer: null`) is filled from scratch
+                    node[part] = {}
+                node = node[part]
         else:
             parent = ".".join(parts[:depth])
             raise UserError(f"override '{key}': '{parent}' is a {type(node).__name__}, it has no key '{part}'")
 
 
+def print_note(message: str) -> None:
+    print(f"note: {message}", file=sys.stderr)
+
+
 def load_spec(
-    source: str | Path | dict[str, Any], registry: Registry, overrides: list[str] | tuple[str, ...] = ()
+    source: str | Path | dict[str, Any],
+    registry: Registry,
+    overrides: list[str] | tuple[str, ...] = (),
+    note: Callable[[str], None] | None = print_note,
 ) -> Experiment:
-    """Read (if a path), override, and validate a spec; user errors become one-line UserErrors."""
+    """Read (if a path), override, and validate a spec; user errors become one-line UserErrors.
+
+    What a component swap dropped (see `apply_overrides`) goes to `note` (stderr unless told otherwise) once the
+    spec is valid; when it is not, it ends the error line instead, since it often explains the error.
+    """
     label = str(source) if not isinstance(source, dict) else "<spec>"
     data = read_yaml(source) if not isinstance(source, dict) else json.loads(json.dumps(source))
-    for override in overrides:
-        apply_override(data, override)
+    notes: list[str] = []
+    apply_overrides(data, overrides, notes.append, registry)
     model = build_spec_model(registry)
     try:
-        return model.model_validate(data)
+        spec = model.model_validate(data)
     except ValidationError as exc:
-        raise UserError(f"{label}: " + format_validation_error(exc, model, registry)) from None
+        after = f" (note: {'; '.join(notes)})" if notes else ""
+        raise UserError(f"{label}: " + format_validation_error(exc, model, registry) + after) from None
+    for line in notes if note is not None else ():
+        note(line)
+    return spec
 
 
 def dump_spec(spec: Experiment, schema_ref: str | None = None) -> str:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -151,3 +155,29 @@ def test_registration_through_hook() -> None:
     assert registry.get("video_backbone", "timm").params is TimmBackboneParams
     assert registry.get("video_backbone", "small_cnn").factory is SmallCnnBackbone
     assert registry.get("video_backbone", "small_cnn").description
+
+
+def test_importing_the_timm_plugin_leaves_the_environment_unchanged() -> None:
+    # A fresh process: this one imported the plugin long ago.
+    code = (
+        "import os; before = dict(os.environ); import detach_plugins.backbones.timm_backbone; "
+        "changed = sorted(set(before.items()) ^ set(os.environ.items())); assert not changed, changed"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "HF_HUB_OFFLINE"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def test_timm_backbones_build_without_opening_a_connection(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "vit.pth"
+    torch.save(timm.create_model("test_vit").state_dict(), path)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the timm backbone tried to open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    TimmVideoBackbone(TimmBackboneParams(model="test_vit"))  # random init
+    TimmVideoBackbone(TimmBackboneParams(model="test_vit", weights_file=str(path)))  # the local file alone
+    with pytest.raises(UserError, match="unknown timm model 'hf-hub:timm/test_vit"):  # a hub id is never fetched
+        TimmVideoBackbone(TimmBackboneParams(model="hf-hub:timm/test_vit.r160_in1k"))

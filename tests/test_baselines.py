@@ -1,4 +1,4 @@
-"""Adapted baselines (PRIMUS, COMODO, EVI-MAE) and the reference rows against hand computations, plus one tiny
+"""Adapted baselines (PRIMUS, COMODO) and the reference rows against hand computations, plus one tiny
 end-to-end training of each through the CLI."""
 
 from __future__ import annotations
@@ -17,18 +17,10 @@ from torch import nn
 from detach_framework.cli import main
 from detach_framework.engine.checkpoint import load_checkpoint
 from detach_framework.engine.rundir import RunDirectory
+from detach_framework.engine.session import Session
 from detach_framework.engine.trainer import Trainer
-from detach_framework.errors import UserError
 from detach_framework.spec import load_spec
 from detach_plugins.methods.comodo import ComodoAligner, ComodoParams, distillation_loss
-from detach_plugins.methods.evi_mae import (
-    EviMaeAligner,
-    EviMaeParams,
-    masked_mse,
-    patchify_sensor,
-    random_mask,
-    video_patch_targets,
-)
 from detach_plugins.methods.primus import PrimusAligner, PrimusParams, nearest_neighbours, nnclr_loss, nt_xent
 from detach_plugins.methods.queues import FeatureQueue
 
@@ -203,7 +195,7 @@ COMODO_STAGE = {
 
 def test_comodo_teacher_stays_frozen_and_warmup_and_queue_are_checkpointed(tmp_path, host):
     spec = load_spec(tiny_spec(stages=[COMODO_STAGE]), host.registry)
-    trainer = Trainer(spec, host, RunDirectory.prepare(tmp_path / "run"))
+    trainer = Trainer(Session.from_spec(spec, host), RunDirectory.prepare(tmp_path / "run"))
     teacher = ("video_backbone.", "video_head.")
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainer.fit()
@@ -228,111 +220,6 @@ def test_comodo_teacher_stays_frozen_and_warmup_and_queue_are_checkpointed(tmp_p
     assert seen == pytest.approx([3e-4 * min(1.0, (k + 1) / warmup) for k in range(steps)])
 
 
-# -- EVI-MAE ---------------------------------------------------------------------------------------------
-
-
-def test_random_mask_masks_exactly_the_ratio_per_row():
-    for tokens, count in ((16, 12), (4, 3), (10, 8)):
-        mask = random_mask(5, tokens, 0.75)
-        assert mask.dtype == torch.bool and mask.sum(dim=1).tolist() == [count] * 5
-    assert not torch.equal(random_mask(1, 64, 0.75), random_mask(1, 64, 0.75))  # random positions
-
-
-def test_masked_mse_counts_masked_tokens_only():
-    pred = torch.tensor([[[1.0, 2.0], [5.0, 5.0], [0.0, 1.0], [9.0, -9.0]]])
-    target = torch.tensor([[[0.0, 0.0], [5.0, 5.0], [2.0, 1.0], [0.0, 0.0]]])
-    mask = torch.tensor([[True, True, True, False]])
-    expected = ((1 + 4) / 2 + 0 + (4 + 0) / 2) / 3  # token 3 is visible: its error does not count
-    assert float(masked_mse(pred, target, mask)) == pytest.approx(expected)
-    pred[0, 3] = 1e6
-    assert float(masked_mse(pred, target, mask)) == pytest.approx(expected)
-
-
-def test_patch_layouts():
-    sensor = torch.arange(16.0).view(1, 2, 8)  # channels [0..7] and [8..15]
-    tokens = patchify_sensor(sensor, 4)
-    assert tokens.tolist() == [[[0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15]]]
-    frames = torch.zeros(1, 1, 3, 4, 4)
-    frames[0, 0, :, :2, 2:] = torch.tensor([1.0, 2.0, 3.0]).view(3, 1, 1)  # the top-right 2x2 token
-    targets = video_patch_targets(frames, (2, 2), 1)
-    assert targets.shape == (1, 1, 2, 2, 3)
-    assert targets[0, 0, 0, 1].tolist() == [1.0, 2.0, 3.0] and float(targets[0, 0, 0, 0].abs().sum()) == 0
-
-
-class Recorder(nn.Module):
-    """Stands in for an encoder: remembers its input."""
-
-    def __init__(self, out_dim: int, maps: bool = False) -> None:
-        super().__init__()
-        self.out_dim = self.feature_dim = out_dim
-        self.maps = maps
-        self.weight = nn.Parameter(torch.ones(()))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.seen = x.detach().clone()
-        if self.maps:  # [B, T, 3, H, W] -> [B, T, D, H/2, W/2]
-            pooled = nn.functional.avg_pool2d(x.flatten(0, 1), 2)
-            return pooled.mean(1, keepdim=True).expand(-1, self.out_dim, -1, -1).unflatten(0, x.shape[:2])
-        return x.flatten(1)[:, : self.out_dim] * self.weight
-
-
-class Echo(nn.Module):
-    """A decoder that returns a fixed reconstruction."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.output: torch.Tensor | None = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.output
-
-
-def evi_mae_model(**changes) -> SimpleNamespace:
-    model = SimpleNamespace(
-        video_head=Recorder(4),
-        sensor_encoder=Recorder(4),
-        video_backbone=Recorder(5, maps=True),
-        backbone_frozen=False,
-        sensor_channels=2,
-        sensor_length=16,
-        normalise_video=lambda video: video.float(),
-    )
-    model.__dict__.update(changes)
-    return model
-
-
-def test_evi_mae_masks_three_quarters_and_scores_only_masked_parts():
-    model = evi_mae_model()
-    aligner = EviMaeAligner(EviMaeParams(sensor_patch=4, video_patch=4, contrastive_weight=0), model, None)
-    sensor = torch.rand(3, 2, 16) + 1  # never 0: zeros in the encoder's input are the masked steps
-    aligner.sensor_decoder = Echo()
-
-    def sensor_loss(reconstruction: torch.Tensor) -> float:
-        torch.manual_seed(0)  # the same mask every call
-        aligner.sensor_decoder.output = reconstruction.flatten(1)
-        return float(aligner.sensor_branch(model, {"sensor": sensor})[0])
-
-    assert sensor_loss(sensor) == 0
-    masked = (model.sensor_encoder.seen == 0).all(dim=1, keepdim=True).expand_as(sensor)
-    assert masked[:, 0].sum(dim=1).tolist() == [12, 12, 12]  # 3 of 4 patches, all channels together
-    assert sensor_loss(sensor + 100 * ~masked) == 0  # errors where the encoder saw the input do not count
-    assert sensor_loss(sensor + 2 * masked) == pytest.approx(4.0)
-    video = torch.full((2, 3, 3, 8, 8), 7.0)  # 3 frames of a 2x2 token grid: 12 tokens, 9 masked
-    video_loss, vector = aligner.video_branch(model, {"video": video})
-    dark = (model.video_backbone.seen == 0).all(dim=2)  # [B, T, H, W]
-    assert dark.flatten(1).float().mean(dim=1).tolist() == [0.75, 0.75] and vector.shape == (2, 4)
-    assert video_loss.item() > 0
-
-
-def test_evi_mae_refuses_what_it_cannot_train():
-    with pytest.raises(UserError, match="needs a stage loss"):
-        EviMaeAligner(EviMaeParams(sensor_patch=4), evi_mae_model(), None)
-    with pytest.raises(UserError, match="unfreeze"):
-        EviMaeAligner(EviMaeParams(sensor_patch=4), evi_mae_model(backbone_frozen=True), nn.Identity())
-    with pytest.raises(UserError, match="sensor_patch 5 must divide"):
-        EviMaeAligner(EviMaeParams(sensor_patch=5), evi_mae_model(), nn.Identity())
-
-
 # -- end to end through the CLI -----------------------------------------------------------------------------
 
 
@@ -340,14 +227,13 @@ def test_evi_mae_refuses_what_it_cannot_train():
     "stages",
     [
         [{"name": "align", "epochs": 1, "aligner": {"name": "primus", "queue_size": 64}, "loss": {"name": "infonce"}}],
-        [{"name": "align", "epochs": 1, "aligner": {"name": "evi_mae"}, "loss": {"name": "infonce"}}],
         [{"name": "ceiling", "epochs": 1, "aligner": {"name": "supervised"}}],
         [],
     ],
-    ids=["primus", "evi_mae", "supervised", "floor"],
+    ids=["primus", "supervised", "floor"],
 )
 def test_method_trains_and_evaluates_through_the_cli(tmp_path, stages):
-    spec = tiny_spec(stages=stages)  # sensor_length 32: evi_mae's 4 patches of 8 steps
+    spec = tiny_spec(stages=stages)
     run = tmp_path / "run"
     assert main(["train", write(tmp_path, spec), "--run-dir", str(run)]) == 0
     summary = json.loads((run / "summary.json").read_text())

@@ -17,7 +17,6 @@ from conftest import tiny_spec
 from detach_framework.cache import build as build_module
 from detach_framework.cache import keys as keys_module
 from detach_framework.cache.build import ensure_store
-from detach_framework.cache.commands import context_from_spec
 from detach_framework.cache.dataset import CachedSplit, run_stats, split_from_context
 from detach_framework.cache.keys import plan_cache
 from detach_framework.cache.store import (
@@ -31,7 +30,8 @@ from detach_framework.cache.store import (
 )
 from detach_framework.cli import main
 from detach_framework.engine.rundir import RunDirectory
-from detach_framework.engine.trainer import Trainer, make_loader
+from detach_framework.engine.session import Session, make_loader
+from detach_framework.engine.trainer import Trainer
 from detach_framework.errors import UserError
 from detach_framework.spec import load_spec
 
@@ -44,7 +44,7 @@ def frozen_spec(cache_dir: Path, **cache) -> dict:
 
 
 def context_for(spec: dict, host, overrides: tuple[str, ...] = ()):
-    return context_from_spec(load_spec(spec, host.registry, list(overrides)), host)
+    return Session.from_spec(load_spec(spec, host.registry, list(overrides)), host).cache_context()
 
 
 def write_spec(tmp_path: Path, spec: dict) -> str:
@@ -327,7 +327,7 @@ def test_cached_maps_match_the_backbone_and_fall_back_when_weights_change(built)
 
 
 def _train(spec: dict, host, run: Path) -> tuple[Trainer, list[dict]]:
-    trainer = Trainer(load_spec(spec, host.registry), host, RunDirectory.prepare(run))
+    trainer = Trainer(Session.from_spec(load_spec(spec, host.registry), host), RunDirectory.prepare(run))
     trainer.fit()
     return trainer, [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 

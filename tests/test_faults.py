@@ -38,7 +38,6 @@ from detach_framework import plugins as plugin_module
 from detach_framework.cache import build as build_module
 from detach_framework.cache import store as store_module
 from detach_framework.cache.build import ensure_store
-from detach_framework.cache.commands import context_from_spec
 from detach_framework.cache.keys import plan_cache
 from detach_framework.cli import main
 from detach_framework.data.recordings import DataSkipWarning, Recording, WindowedSource
@@ -58,6 +57,7 @@ from detach_framework.engine.checkpoint import (
     save_checkpoint,
 )
 from detach_framework.engine.rundir import RunDirectory
+from detach_framework.engine.session import Session
 from detach_framework.errors import UserError
 from detach_framework.spec import load_spec
 
@@ -546,7 +546,7 @@ def cache_context(tmp_path, host):
     spec = copy.deepcopy(FAST)
     spec["model"]["video_backbone"]["frozen"] = True
     spec["cache"] = {"dir": str(tmp_path / "cache")}
-    context = context_from_spec(load_spec(spec, host.registry), host)
+    context = Session.from_spec(load_spec(spec, host.registry), host).cache_context()
     return context, plan_cache(context)
 
 

@@ -29,28 +29,15 @@ from detach_framework.errors import UserError
 from detach_framework.spec import Experiment, load_spec
 
 
-def context_from_spec(spec: Experiment, host: Any) -> CacheContext:
-    """Source and model built exactly as `Trainer.__init__` builds them, so the backbone's weights (and the
-    cache uid) are the ones training will see."""
-    from detach_framework.engine.model import AlignmentModel
-    from detach_framework.engine.seeding import seed_everything
-    from detach_framework.engine.trainer import build_source, progress_enabled, resolve_device
-
-    device = resolve_device(spec.runtime.device)
-    seed_everything(spec.seed, spec.deterministic)
-    source = build_source(spec, host)
-    num_train = len(source.split("train"))
-    model = AlignmentModel(spec.model, host.registry, source, spec.data.sensor_length, num_train=num_train)
-    return CacheContext(spec, source, model.to(device), device, progress_enabled(spec.runtime.progress))
-
-
-def run_cache_command(args: argparse.Namespace, host: Any) -> int:
+def run_cache_command(args: argparse.Namespace, host: Any, context_for: Callable[[Experiment], CacheContext]) -> int:
+    """`context_for(spec)` builds the source and model exactly as training does (a Session), so the backbone's
+    weights, and so the cache uid, are the ones training will see."""
     spec = load_spec(args.spec, host.registry, args.overrides)
     if args.action == "clear" and getattr(args, "all", False):
         return clear_all(Path(spec.cache.dir))
     if spec.cache.mode == "off":
         raise UserError(f"{args.spec}: cache.mode is off, this spec uses no cache")
-    context = context_from_spec(spec, host)
+    context = context_for(spec)
     plan = plan_cache(context)
     if plan is None:
         raise UserError(

@@ -1,4 +1,4 @@
-"""The cache-backed split training reads, and the hook that puts it in place (`Trainer.split`)."""
+"""The cache-backed split training reads, and `split_from_context`, which puts it in place (`Session.split`)."""
 
 from __future__ import annotations
 
@@ -100,17 +100,7 @@ class CachedSplit(Dataset):
 
 
 # ----------------------------------------------------------------------------------------------
-# Integration with the trainer
-
-
-def cached_split(trainer: Any, name: str) -> Dataset:
-    """`Trainer.split`: the split served from the spec's cache (built on first use), or the plain split."""
-    from detach_framework.engine.trainer import progress_enabled  # late: the trainer imports this module late
-
-    context = CacheContext(
-        trainer.spec, trainer.source, trainer.model, trainer.device, progress_enabled(trainer.spec.runtime.progress)
-    )
-    return split_from_context(context, name)
+# The split a session reads
 
 
 def split_from_context(context: CacheContext, name: str) -> Dataset:
@@ -206,4 +196,4 @@ def flush_run_stats() -> None:
 
 atexit.register(flush_run_stats)
 
-__all__ = ["CachedSplit", "cached_split", "flush_run_stats", "run_stats", "split_from_context"]
+__all__ = ["CachedSplit", "flush_run_stats", "run_stats", "split_from_context"]

@@ -25,6 +25,9 @@ from detach_framework.atomic import atomic_write_bytes, write_error
 from detach_framework.engine.interrupts import critical_section
 from detach_framework.errors import UserError
 
+LAST = "last.pt"  # the latest finished epoch
+BEST = "best.pt"  # the epoch with the lowest validation loss
+
 FORMAT_VERSION = 1
 CHECKSUM_KEY = "checksum"
 

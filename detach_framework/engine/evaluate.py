@@ -9,22 +9,23 @@ import numpy as np
 import torch
 
 from detach_framework.contracts import EmbeddingSet, EvalContext
-from detach_framework.engine.checkpoint import load_checkpoint
+from detach_framework.engine.checkpoint import BEST, LAST, load_checkpoint
 from detach_framework.engine.rundir import RunDirectory
-from detach_framework.engine.trainer import BEST, LAST, Trainer, make_loader, to_device
+from detach_framework.engine.session import Session, make_loader, to_device
 from detach_framework.errors import PluginError, UserError
+from detach_framework.spec import Experiment
 
 
 @torch.no_grad()
-def embed_split(trainer: Trainer, split: str) -> EmbeddingSet:
-    dataset = trainer.split(split)  # cache-backed when the training splits are
+def embed_split(session: Session, split: str) -> EmbeddingSet:
+    dataset = session.split(split)  # cache-backed when the training splits are
     if len(dataset) == 0:
         raise UserError(f"data.dataset: the {split} split is empty, nothing to evaluate")
-    trainer.model.eval()
+    session.model.eval()
     parts: dict[str, list[np.ndarray]] = {}
-    for batch in make_loader(dataset, trainer.spec, shuffle=False):
-        with trainer.autocast():
-            out = trainer.model.embed(to_device(batch, trainer.device))
+    for batch in make_loader(dataset, session.spec, shuffle=False):
+        with session.autocast():
+            out = session.model.embed(to_device(batch, session.device))
         for key in ("probe", "video", "sensor"):  # evaluators always receive float32
             parts.setdefault(key, []).append(out[key].float().cpu().numpy())
         for key in ("label", "subject", "fixture", "recording"):
@@ -42,36 +43,44 @@ def embed_split(trainer: Trainer, split: str) -> EmbeddingSet:
     )
 
 
-def load_evaluated_checkpoint(trainer: Trainer, run: RunDirectory) -> tuple[dict[str, Any], Path]:
-    """Load into the model the checkpoint `eval.checkpoint` names (last.pt when there is no best.pt),
-    refusing one written under another spec uid."""
-    name = BEST if trainer.spec.eval.checkpoint == "best" else LAST
+def read_evaluated_checkpoint(
+    spec: Experiment, run: RunDirectory, device: torch.device | str
+) -> tuple[dict[str, Any], Path]:
+    """The checkpoint `eval.checkpoint` names (last.pt when there is no best.pt), refusing one written under
+    another spec uid. Evaluation, `detach export` and `load_encoder` all choose through here."""
+    name = BEST if spec.eval.checkpoint == "best" else LAST
     path = run.checkpoints / name
     if not path.is_file():
         path = run.checkpoints / LAST
     if not path.is_file():
         raise UserError(f"{run.checkpoints} holds no checkpoint (the run never finished an epoch)")
-    state = load_checkpoint(path, map_location=trainer.device)
-    if state.get("uid") != trainer.spec.uid:
+    state = load_checkpoint(path, map_location=device)
+    if state.get("uid") != spec.uid:
         raise UserError(
-            f"{path} was written under spec uid {state.get('uid')}, but {run.spec_file} has uid {trainer.spec.uid}; "
+            f"{path} was written under spec uid {state.get('uid')}, but {run.spec_file} has uid {spec.uid}; "
             "this checkpoint does not belong to this run's spec"
         )
-    trainer.model.load_state_dict(state["model"])
     return state, path
 
 
-def evaluate_run(trainer: Trainer, run: RunDirectory) -> dict[str, Any]:
+def load_evaluated_checkpoint(session: Session, run: RunDirectory) -> tuple[dict[str, Any], Path]:
+    """Load into the session's model the checkpoint evaluation uses (see `read_evaluated_checkpoint`)."""
+    state, path = read_evaluated_checkpoint(session.spec, run, session.device)
+    session.model.load_state_dict(state["model"])
+    return state, path
+
+
+def evaluate_run(session: Session, run: RunDirectory) -> dict[str, Any]:
     """Load the spec's chosen checkpoint, run every evaluator, write and return summary.json."""
-    spec = trainer.spec
-    state, path = load_evaluated_checkpoint(trainer, run)
-    train, test = embed_split(trainer, "train"), embed_split(trainer, "test")
-    context = EvalContext(class_names=list(trainer.source.class_names), out_dir=run.plots, seed=spec.seed)
+    spec = session.spec
+    state, path = load_evaluated_checkpoint(session, run)
+    train, test = embed_split(session, "train"), embed_split(session, "test")
+    context = EvalContext(class_names=list(session.source.class_names), out_dir=run.plots, seed=spec.seed)
     metrics: dict[str, float] = {}
     tables: dict[str, Any] = {}
     plots: list[str] = []
     for entry in spec.eval.evaluators:
-        evaluator = trainer.host.registry.build("evaluator", entry)
+        evaluator = session.host.registry.build("evaluator", entry)
         result = evaluator.evaluate(train, test, context)
         clash = set(result.metrics) & set(metrics)
         if clash:

@@ -1,4 +1,5 @@
-"""Ablation studies: a base spec, named variants (override sets) and seeds -> runs, study.csv, study.md, a plot.
+"""Ablation studies: a base spec, named variants (override sets) and seeds -> runs, study.csv, study_paired.csv,
+study.md, a plot.
 
 Each run lives in `<study dir>/runs/<uid>/`; a run whose summary.json exists is complete and skipped, an
 interrupted one is resumed. Runs go one after another in this process, or `jobs` at a time as
@@ -25,7 +26,7 @@ from detach_framework.atomic import atomic_write_text
 from detach_framework.engine.rundir import SUMMARY_FILE
 from detach_framework.errors import UserError
 from detach_framework.registry import Registry
-from detach_framework.spec import Experiment, dump_spec, load_spec, read_yaml
+from detach_framework.spec import Experiment, dump_spec, load_spec, print_note, read_yaml
 
 
 class StudySpec(BaseModel):
@@ -53,6 +54,16 @@ class PlannedRun:
     @property
     def complete(self) -> bool:
         return (self.run_dir / SUMMARY_FILE).is_file()
+
+    @property
+    def start_flag(self) -> str | None:
+        """How `detach train` must treat the run directory: continue a checkpointed run, or replace one that
+        started but never checkpointed (nothing to keep)."""
+        if (self.run_dir / "checkpoints" / "last.pt").is_file():
+            return "--resume"
+        if self.run_dir.is_dir() and any(self.run_dir.iterdir()):
+            return "--overwrite"
+        return None
 
 
 def as_overrides(values: dict[str, Any]) -> list[str]:
@@ -84,18 +95,46 @@ def plan(
     study = load_study(study_file)
     base = (study_file.parent / study.base).resolve()
     runs: list[PlannedRun] = []
+    noted: dict[str, None] = {}  # a variant's dropped keys are the same for every seed: say so once
     for variant, values in study.variants.items():
         values = dict(values)
         spec_file = (study_file.parent / values.pop("base")).resolve() if "base" in values else base
         for seed in seeds if seeds is not None else study.seeds:
             resolved = {key: _resolve_reference(study_file, variant, seed, v, runs) for key, v in values.items()}
             overrides = [*as_overrides(study.overrides), *as_overrides(resolved), f"seed={seed}"]
+            notes: list[str] = []
             try:
-                spec = load_spec(spec_file, registry, overrides)
+                spec = load_spec(spec_file, registry, overrides, note=notes.append)
             except UserError as exc:
                 raise UserError(f"{study_file}: variant '{variant}' (seed {seed}): {exc}") from None
+            noted.update(dict.fromkeys(f"variant '{variant}': {line}" for line in notes))
             runs.append(PlannedRun(variant, seed, spec, out_dir / "runs" / spec.uid))
+    for line in noted:
+        print_note(line)
     return study, runs
+
+
+def pending_runs(runs: list[PlannedRun], seeds: list[int] | None) -> list[PlannedRun]:
+    """The runs to start now: not complete, and among `seeds` when given."""
+    return [r for r in runs if not r.complete and (seeds is None or r.seed in seeds)]
+
+
+def dry_run(study_file: str | Path, registry: Registry, out_dir: Path, seeds: list[int] | None = None) -> list[str]:
+    """What `run_study` would do, one line per run: start (fresh, resumed or replacing a partial directory)
+    or skip (complete, or a seed left out by `seeds`). Nothing is written."""
+    study, runs = plan(study_file, registry, out_dir)
+    pending = pending_runs(runs, seeds)
+    starting = {run.run_dir for run in pending}
+    lines = [f"study {study.name}: {len(runs)} runs, {len(pending)} to run, {len(runs) - len(pending)} skipped"]
+    for run in runs:
+        if run.complete:
+            action = "skip (complete)"
+        elif run.run_dir not in starting:
+            action = "skip (seed not in --seeds)"
+        else:
+            action = {"--resume": "run (resume)", "--overwrite": "run (replace partial)"}.get(run.start_flag, "run")
+        lines.append(f"{action}: {run.variant} seed {run.seed} -> {run.run_dir}")
+    return lines
 
 
 def _resolve_reference(study_file: Path, variant: str, seed: int, value: Any, runs: list[PlannedRun]) -> Any:
@@ -120,7 +159,7 @@ def run_study(
     study, runs = plan(study_file, registry, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # `seeds` restricts what runs now; the tables always gather every complete run of the study.
-    pending = [r for r in runs if not r.complete and (seeds is None or r.seed in seeds)]
+    pending = pending_runs(runs, seeds)
     log(f"study {study.name}: {len(runs)} runs, {len(runs) - len(pending)} already complete, {len(pending)} to run")
     threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
     active: list[tuple[PlannedRun, subprocess.Popen]] = []
@@ -135,10 +174,8 @@ def run_study(
         for module in plugins or []:
             command += ["--plugin", module]
         command += ["train", str(spec_file), "--run-dir", str(run.run_dir)]
-        if (run.run_dir / "checkpoints" / "last.pt").is_file():
-            command.append("--resume")
-        elif run.run_dir.is_dir() and any(run.run_dir.iterdir()):
-            command.append("--overwrite")  # started but never checkpointed: nothing to keep
+        if run.start_flag is not None:
+            command.append(run.start_flag)
         log(f"[{index + 1}/{len(pending)}] {run.variant} seed {run.seed} -> {run.run_dir}")
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         log_file = open(out_dir / "specs" / f"{run.spec.uid}.log", "w")  # noqa: SIM115 - closed in _reap
@@ -164,7 +201,12 @@ def _reap(active: list[tuple[PlannedRun, subprocess.Popen]], log: Callable[[str]
 
 
 def collect(study: StudySpec, runs: list[PlannedRun], out_dir: Path) -> dict[str, Any]:
-    """Write study.csv (one row per run), study.md (mean +/- std per variant) and study.png."""
+    """Gather every complete run's metrics and write the study's tables and plot."""
+    return write_outputs(study, completed_rows(study, runs), out_dir)
+
+
+def completed_rows(study: StudySpec, runs: list[PlannedRun]) -> list[dict[str, Any]]:
+    """One row per complete run: variant, seed, uid and the study's metrics (NaN where a summary lacks one)."""
     rows = []
     for run in runs:
         if not run.complete:
@@ -178,15 +220,28 @@ def collect(study: StudySpec, runs: list[PlannedRun], out_dir: Path) -> dict[str
                 **{m: summary["metrics"].get(m, math.nan) for m in study.metrics},
             }
         )
+    return rows
+
+
+def write_outputs(study: StudySpec, rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
+    """Write study.csv (one row per run), study_paired.csv (each variant minus the first, paired by seed),
+    study.md (mean +/- std and the paired differences per variant) and study.png."""
+    variants = list(study.variants)
+    atomic_write_text(out_dir / "study.csv", _csv_text(["variant", "seed", "uid", *study.metrics], rows))
+    table = aggregate(rows, variants, study.metrics)
+    paired = paired_comparisons(rows, variants, study.metrics)
+    atomic_write_text(out_dir / "study_paired.csv", _csv_text(PAIRED_COLUMNS, [p.csv_row() for p in paired]))
+    atomic_write_text(out_dir / "study.md", markdown_table(study.name, table, study.metrics, paired))
+    plot_study(table, study.metrics, out_dir / "study.png")
+    return {"rows": rows, "table": table, "paired": paired}
+
+
+def _csv_text(fieldnames: list[str], rows: list[dict[str, Any]]) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["variant", "seed", "uid", *study.metrics])
+    writer = csv.DictWriter(buffer, fieldnames=fieldnames)
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_text(out_dir / "study.csv", buffer.getvalue())
-    table = aggregate(rows, list(study.variants), study.metrics)
-    atomic_write_text(out_dir / "study.md", markdown_table(study.name, table, study.metrics))
-    plot_study(table, study.metrics, out_dir / "study.png")
-    return {"rows": rows, "table": table}
+    return buffer.getvalue()
 
 
 def aggregate(rows: list[dict[str, Any]], variants: list[str], metrics: list[str]) -> list[dict[str, Any]]:
@@ -204,11 +259,120 @@ def aggregate(rows: list[dict[str, Any]], variants: list[str], metrics: list[str
     return table
 
 
-def markdown_table(name: str, table: list[dict[str, Any]], metrics: list[str]) -> str:
-    lines = [f"### {name}", "", "| variant | n | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
+@dataclass(frozen=True)
+class PairedDifference:
+    """One metric of one variant minus the study's reference variant, over the seeds where both finished."""
+
+    variant: str
+    reference: str
+    metric: str
+    seeds: tuple[Any, ...]
+    differences: tuple[float, ...]
+    mean: float  # NaN when no seed is shared
+    low: float | None  # the 95% paired t interval; None below 2 seeds, where it does not exist
+    high: float | None
+
+    @property
+    def n(self) -> int:
+        return len(self.differences)
+
+    def csv_row(self) -> dict[str, Any]:
+        return {
+            "variant": self.variant,
+            "reference": self.reference,
+            "metric": self.metric,
+            "n": self.n,
+            "mean_difference": self.mean if self.n else None,
+            "ci95_low": self.low,
+            "ci95_high": self.high,
+            "seeds": " ".join(str(seed) for seed in self.seeds),
+            "differences": " ".join(repr(d) for d in self.differences),
+        }
+
+
+PAIRED_COLUMNS = "variant reference metric n mean_difference ci95_low ci95_high seeds differences".split()
+
+
+def paired_differences(rows: list[dict[str, Any]], reference: str, variant: str, metric: str) -> dict[Any, float]:
+    """seed -> variant's metric minus reference's, for the seeds where both have a finite value (in the
+    reference's seed order)."""
+
+    def by_seed(name: str) -> dict[Any, float]:
+        values = {r["seed"]: float(r[metric]) for r in rows if r["variant"] == name}
+        return {seed: value for seed, value in values.items() if math.isfinite(value)}
+
+    mine = by_seed(variant)
+    return {seed: mine[seed] - value for seed, value in by_seed(reference).items() if seed in mine}
+
+
+def mean_t_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float | None, float | None]:
+    """(mean, low, high) of a Student t interval for the mean; (mean, None, None) for one value, since a
+    sample standard deviation needs two; (NaN, None, None) for none."""
+    n = len(values)
+    if n == 0:
+        return math.nan, None, None
+    mean = sum(values) / n
+    if n == 1:
+        return mean, None, None
+    from scipy.stats import t
+
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = float(t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def paired_comparisons(rows: list[dict[str, Any]], variants: list[str], metrics: list[str]) -> list[PairedDifference]:
+    """Every variant after the first, per metric, against the first (the study's reference row)."""
+    if not variants:
+        return []
+    reference = variants[0]
+    comparisons = []
+    for variant in variants[1:]:
+        for metric in metrics:
+            differences = paired_differences(rows, reference, variant, metric)
+            mean, low, high = mean_t_interval(list(differences.values()))
+            comparisons.append(
+                PairedDifference(
+                    variant, reference, metric, tuple(differences), tuple(differences.values()), mean, low, high
+                )
+            )
+    return comparisons
+
+
+def format_difference(difference: PairedDifference) -> str:
+    """A table cell: `+0.031 [-0.010, +0.072], n=3`; `+0.031, n=1 (no interval)` for one shared seed; `-` for none."""
+    if difference.n == 0:
+        return "-"
+    if difference.low is None or difference.high is None:
+        return f"{difference.mean:+.3f}, n=1 (no interval)"
+    return f"{difference.mean:+.3f} [{difference.low:+.3f}, {difference.high:+.3f}], n={difference.n}"
+
+
+def markdown_table(
+    name: str, table: list[dict[str, Any]], metrics: list[str], paired: list[PairedDifference] | None = None
+) -> str:
+    """Mean +/- std per variant; with `paired`, one more column per metric: the mean paired difference against
+    the reference row with its 95% t interval."""
+    header = ["variant", "n", *metrics]
+    by_cell = {(p.variant, p.metric): p for p in paired or []}
+    reference = paired[0].reference if paired else None
+    if reference is not None:
+        header += [f"Δ{m} vs {reference} (95% CI)" for m in metrics]
+    lines = [f"### {name}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for entry in table:
         cells = [f"{entry[m][0]:.3f} ± {entry[m][1]:.3f}" if not math.isnan(entry[m][0]) else "-" for m in metrics]
+        if reference is not None:
+            for metric in metrics:
+                is_reference = entry["variant"] == reference
+                cells.append("(reference)" if is_reference else format_difference(by_cell[entry["variant"], metric]))
         lines.append(f"| {entry['variant']} | {entry['n']} | " + " | ".join(cells) + " |")
+    if reference is not None:
+        lines += [
+            "",
+            f"Δ: mean over seeds of (variant - {reference}), paired by seed over the seeds where both runs finished, "
+            "with the 95% paired t interval (none for n=1); an interval that contains 0 is within seed noise. "
+            "Per-seed differences: study_paired.csv.",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -12,96 +12,17 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
-from detach_framework.contracts import AlignerBase, DatasetSource
-from detach_framework.data.settings import DataSettings
+from detach_framework.contracts import AlignerBase
 from detach_framework.engine import distributed
-from detach_framework.engine.checkpoint import load_checkpoint, load_latest, save_checkpoint
+from detach_framework.engine.checkpoint import BEST, LAST, load_checkpoint, load_latest, save_checkpoint
 from detach_framework.engine.fixed_outputs import WithFixedOutputs, compute_fixed_outputs
-from detach_framework.engine.model import AlignmentModel
-from detach_framework.engine.precision import autocast, check_precision, grad_scaler
+from detach_framework.engine.precision import grad_scaler
 from detach_framework.engine.rundir import RunDirectory
-from detach_framework.engine.seeding import (
-    loader_generator,
-    rng_state,
-    seed_everything,
-    seed_worker,
-    set_rng_state,
-)
+from detach_framework.engine.seeding import rng_state, set_rng_state
+from detach_framework.engine.session import Session, make_loader, to_device
 from detach_framework.errors import PluginError, UserError
-from detach_framework.plugins import PluginHost
-from detach_framework.spec import Experiment
-
-LAST = "last.pt"
-BEST = "best.pt"
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"runtime.device={name} but CUDA is not available on this machine (use auto or cpu)")
-    if device.type == "cuda" and distributed.is_enabled():
-        return torch.device("cuda", distributed.info().local_rank)  # one GPU per process
-    return device
-
-
-def progress_enabled(setting: str) -> bool:
-    return setting == "on" or (setting == "auto" and sys.stderr.isatty())
-
-
-def data_settings(spec: Experiment) -> DataSettings:
-    data = spec.data
-    return DataSettings(
-        window_seconds=data.window_seconds,
-        stride_seconds=data.stride_seconds,
-        frames=data.frames,
-        frame_size=data.frame_size,
-        sensor_length=data.sensor_length,
-        seed=spec.seed,
-    )
-
-
-def build_source(spec: Experiment, host: PluginHost) -> DatasetSource:
-    source = host.registry.build("dataset", spec.data.dataset, data=data_settings(spec))
-    for attribute in ("class_names", "channel_names", "fixture_names", "split"):
-        if not hasattr(source, attribute):
-            raise PluginError(f"dataset '{spec.data.dataset.name}' returned an object without `{attribute}`")
-    return source
-
-
-def make_loader(
-    dataset: Dataset, spec: Experiment, *, shuffle: bool, epoch: int = 0, sharded: bool = False
-) -> DataLoader:
-    """`data.batch_size` is the global batch: with `sharded` under torchrun, each rank reads its share of
-    the samples (a DistributedSampler seeded by seed and epoch) in batches of batch_size / world_size."""
-    workers = spec.data.num_workers
-    world = distributed.info().world_size if sharded else 1
-    sampler = None
-    if world > 1:
-        if spec.data.batch_size % world:
-            raise UserError(f"data.batch_size={spec.data.batch_size} must be divisible by the {world} processes")
-        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=spec.seed, drop_last=shuffle)
-        sampler.set_epoch(epoch)
-    return DataLoader(
-        dataset,
-        batch_size=spec.data.batch_size // world,
-        shuffle=shuffle and sampler is None,
-        sampler=sampler,
-        drop_last=shuffle and len(dataset) > spec.data.batch_size,  # full batches keep contrastive losses comparable
-        num_workers=workers,
-        persistent_workers=False,
-        worker_init_fn=seed_worker,
-        generator=loader_generator(spec.seed, epoch),
-        pin_memory=False,
-    )
-
-
-def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 @dataclass
@@ -130,44 +51,21 @@ class Position:
 class Trainer:
     """Trains every stage of a spec into a run directory, then leaves evaluation to `evaluate_run`."""
 
-    def __init__(self, spec: Experiment, host: PluginHost, run: RunDirectory) -> None:
-        self.spec = spec
-        self.host = host
-        self.run = run
-        self.device = resolve_device(spec.runtime.device)
-        self.precision = spec.runtime.precision
-        check_precision(self.precision, self.device)
+    def __init__(self, session: Session, run: RunDirectory) -> None:
+        self.session = session
+        self.spec, self.host, self.run = session.spec, session.host, run
+        self.device, self.source, self.model = session.device, session.source, session.model
+        self.precision = session.spec.runtime.precision
         self.is_main = distributed.info().is_main  # only rank 0 writes the run directory
-        seed_everything(spec.seed, spec.deterministic)
-        self.source = build_source(spec, host)
-        num_train = len(self.source.split("train"))
-        if num_train < 2:
-            raise UserError(f"data.dataset: the train split has {num_train} samples, at least 2 needed")
-        # Built before the splits: a frozen backbone's cached features come from this very model.
-        self.model = AlignmentModel(
-            spec.model, host.registry, self.source, spec.data.sensor_length, num_train=num_train
-        ).to(self.device)
-        if spec.runtime.sync_batchnorm and distributed.is_enabled():
-            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        self.train_set = self.split("train")
-        self.val_set = self.split("val")
+        self.train_set = session.split("train")
+        self.val_set = session.split("val")
         # What the current stage reads: the splits, plus the outputs of its frozen parts (fixed_outputs.py).
         self.stage_train, self.stage_val = self.train_set, self.val_set
-        self.progress = progress_enabled(spec.runtime.progress)
+        self.progress = session.progress
         self.tensorboard = None  # opened by fit(): evaluation alone writes no event files
         self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None  # the current stage's warm-up
         self.scaler = grad_scaler(self.precision, self.device)  # the current stage's fp16 loss scaling
-
-    def autocast(self):
-        """The context every forward pass runs in (`runtime.precision`)."""
-        return autocast(self.precision, self.device)
-
-    def split(self, name: str) -> Dataset:
-        """One split of the dataset as training and evaluation read it: from the LMDB cache when `spec.cache`
-        and a frozen backbone allow (built on first use), else the dataset's own split."""
-        from detach_framework.cache import cached_split  # late: the cache reaches back into this module
-
-        return cached_split(self, name)
+        self.autocast = session.autocast
 
     def stage_context(self, index: int, resumed: bool) -> StageContext:
         return StageContext(
@@ -490,9 +388,18 @@ class Trainer:
                 self.tensorboard.add_scalar(f"{prefix}/{key}", value, step)
 
 
+def check_tensorboard(enabled: bool) -> None:
+    """Refuse, before anything is built, `runtime.tensorboard: true` without the extra: a researcher who asks for
+    event files and finds none after hours of training has lost the curves they meant to watch."""
+    if enabled and importlib.util.find_spec("tensorboard") is None:
+        raise UserError(
+            "runtime.tensorboard is true but tensorboard is not installed: pip install "
+            "'detach-framework[tensorboard]', or set runtime.tensorboard=false (metrics.jsonl has every scalar)"
+        )
+
+
 def _tensorboard_writer(run: RunDirectory):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # the optional extra is not installed: metrics.jsonl still has everything
-        return None
+    check_tensorboard(True)
+    from torch.utils.tensorboard import SummaryWriter
+
     return SummaryWriter(log_dir=str(run.path / "tensorboard"))

@@ -146,17 +146,17 @@ def load_test_embeddings(run: Any, host: Any) -> TestEmbeddings:
     """Rebuild the run's model from spec.yaml, load the checkpoint evaluation chose, embed the test split."""
     from detach_framework.data.transforms import load_preprocessing
     from detach_framework.engine.evaluate import embed_split, load_evaluated_checkpoint
-    from detach_framework.engine.trainer import Trainer
+    from detach_framework.engine.session import Session
     from detach_framework.spec import load_spec
 
     spec = load_spec(run.spec_file, host.registry)
     if not any(run.checkpoints.glob("*.pt")):  # before building the dataset: nothing to embed
         raise UserError(f"{run.checkpoints} holds no checkpoint (the run never finished an epoch)")
-    trainer = Trainer(spec, host, run)
-    load_preprocessing(trainer.source, run.path)
-    _, path = load_evaluated_checkpoint(trainer, run)
-    test = embed_split(trainer, "test")
-    model = trainer.model
+    session = Session.from_spec(spec, host)
+    load_preprocessing(session.source, run.path)
+    _, path = load_evaluated_checkpoint(session, run)
+    test = embed_split(session, "test")
+    model = session.model
     spaces = None
     if model.decomposed:
         # embed() lays the joint vectors out as [n(z), n(h)] (scaled): split them back at the spatial size.
@@ -174,8 +174,8 @@ def load_test_embeddings(run: Any, host: Any) -> TestEmbeddings:
         sensor=test.sensor,
         labels=np.asarray(test.labels),
         fixtures=np.asarray(test.fixtures),
-        class_names=[str(c) for c in trainer.source.class_names],
-        fixture_names=[str(f) for f in trainer.source.fixture_names],
+        class_names=[str(c) for c in session.source.class_names],
+        fixture_names=[str(f) for f in session.source.fixture_names],
         checkpoint=path.name,
         decomposed=model.decomposed,
         spaces=spaces,

@@ -1,26 +1,28 @@
-"""Any timm image model as a per-frame video backbone, with weights only ever read from a local file."""
+"""Any timm image model as a per-frame video backbone, with weights only ever read from a local file.
+
+Nothing here reaches the network, without touching process-wide settings such as HF_HUB_OFFLINE: every
+`timm.create_model` call is either `pretrained=False` (random init, nothing fetched) or loads the user's
+`weights_file` through a pretrained-config overlay whose `file` (with source '') outranks any url or hub
+source; hub-prefixed model names ("hf-hub:...") are refused by the model-name check.
+"""
 
 from __future__ import annotations
 
 import difflib
 import logging
 import math
-import os
 import re
 from pathlib import Path
 from typing import Any
 
-# Set before timm imports huggingface_hub: the network is closed and a stray download must fail fast.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import timm
+import torch
+from pydantic import Field
+from timm.data import resolve_model_data_config
+from torch import nn
 
-import timm  # noqa: E402
-import torch  # noqa: E402
-from pydantic import Field  # noqa: E402
-from timm.data import resolve_model_data_config  # noqa: E402
-from torch import nn  # noqa: E402
-
-from detach_framework.contracts import VideoBackboneParams  # noqa: E402
-from detach_framework.errors import PluginError, UserError  # noqa: E402
+from detach_framework.contracts import VideoBackboneParams
+from detach_framework.errors import PluginError, UserError
 
 # timm reports checkpoint keys it could not place only through this logger (at INFO), never by raising.
 _TIMM_BUILDER_LOGGER = "timm.models._builder"
