@@ -1,4 +1,4 @@
-"""Video backbones: any timm image model, and the small per-frame CNN of METHOD.md."""
+"""Video backbones: any timm image model, and the small per-frame CNN of docs/METHOD.md."""
 
 from __future__ import annotations
 
@@ -31,5 +31,5 @@ def detach_register_components(registry: Registry) -> None:
         name="small_cnn",
         factory=SmallCnnBackbone,
         params=SmallCnnParams,
-        description="The 4-layer stride-2 conv+BN+ReLU per-frame CNN of METHOD.md (maps at 1/16 size).",
+        description="The 4-layer stride-2 conv+BN+ReLU per-frame CNN of docs/METHOD.md (maps at 1/16 size).",
     )

@@ -1,4 +1,4 @@
-"""The reference per-frame 2D CNN of METHOD.md: four stride-2 conv+BN+ReLU layers (maps at 1/16 size)."""
+"""The reference per-frame 2D CNN of docs/METHOD.md: four stride-2 conv+BN+ReLU layers (maps at 1/16 size)."""
 
 from __future__ import annotations
 

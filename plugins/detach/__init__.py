@@ -1,4 +1,4 @@
-"""DETACH: decomposed spatio-temporal alignment with staged learning (METHOD.md), as registered parts."""
+"""DETACH: decomposed spatio-temporal alignment with staged learning (docs/METHOD.md), as registered parts."""
 
 from __future__ import annotations
 

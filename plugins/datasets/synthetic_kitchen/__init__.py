@@ -1,6 +1,6 @@
 """The synthetic kitchen: a built-in dataset rendering video and ambient sensors from one ground truth.
 
-It reproduces the two difficulties DETACH is about (see METHOD.md): the visible change of an action is a
+It reproduces the two difficulties DETACH is about (see docs/METHOD.md): the visible change of an action is a
 few pixels next to a large walking person (P1), and every fixture shares one open/close template, so only
 which channel group fires tells fixtures apart (P2).
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from detach_framework.contracts import READ_RECORDING
 from detach_framework.data.settings import DataSettings
 from detach_framework.errors import UserError
 from detach_framework.plugins import hookimpl
@@ -18,7 +19,7 @@ from .dataset import KitchenSplit, SyntheticKitchen, check_fits_in_memory, resam
 from .opportunity_pp import export_opportunity_pp
 from .presets import PRESETS, Knobs, SyntheticKitchenParams
 from .scene import Recording, generate_recordings
-from .storage import load_recordings
+from .storage import load_recordings, read_sensor_recording
 
 __all__ = [
     "PRESETS",
@@ -67,5 +68,5 @@ def detach_register_components(registry: Registry) -> None:
         params=SyntheticKitchenParams,
         description="Synthetic kitchen: fixed camera + 34 ambient channels on 7 fixtures, 15 open/close "
         "classes (no download; presets tiny/quickstart/benchmark)",
-        tools={"export_opportunity_pp": export_opportunity_pp},
+        tools={"export_opportunity_pp": export_opportunity_pp, READ_RECORDING: read_sensor_recording},
     )
