@@ -275,7 +275,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from detach_framework.evaluation.report import write_report
+    from detach_framework.report import write_report
 
     print(f"wrote {write_report(args.path, _host(args))}")
     return 0

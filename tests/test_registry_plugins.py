@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import sys
 import textwrap
 from pathlib import Path
@@ -184,17 +183,3 @@ def test_explicit_plugin_module_failure_is_a_user_error(module_dir):
 def test_builtin_plugins_all_load(host):
     assert host.failures == []
     assert {"synthetic_kitchen", "backbones", "imu2clip", "evaluators"} <= {p.name for p in host.plugins}
-
-
-def test_core_never_imports_plugins():
-    core = Path(__file__).resolve().parents[1] / "detach_framework"
-    offenders = []
-    for path in core.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                names = [node.module or ""]
-            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] == "detach_plugins"]
-    assert offenders == []

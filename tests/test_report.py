@@ -20,7 +20,7 @@ from conftest import tiny_spec
 from test_detach import detach_spec
 
 from detach_framework.cli import main
-from detach_framework.evaluation.report import SECTIONS
+from detach_framework.report import SECTIONS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 XSS = "<script>alert(1)</script>"

@@ -130,7 +130,7 @@ def test_resume_refuses_a_run_whose_checkpoints_carry_another_uid(spec, tmp_path
 
 
 def test_eval_and_report_refuse_a_checkpoint_of_another_spec(spec, tmp_path, capsys, host):
-    from detach_framework.evaluation.report import load_test_embeddings
+    from detach_framework.report import load_test_embeddings
 
     run = tmp_path / "run"
     assert train(spec, run) == 0
