@@ -86,11 +86,17 @@ class SensorEncoder(Protocol):
 class ContrastiveLoss(Protocol):
     """loss factory(params) -> nn.Module.
 
-    forward(video [B, E], sensor [B, E], weights [B, B] or None) -> scalar; weights scale negatives.
+    forward(video [B, E], sensor [B, E], weights [B, B] or None) -> scalar; weights scale negatives
+    (row i: those of anchor i, in both directions). An aligner that weights the sensor-to-video direction
+    differently also passes `s2v_weights` [B, B] (detach_temporal with s2v_weights: transposed).
     """
 
     def __call__(
-        self, video: torch.Tensor, sensor: torch.Tensor, weights: torch.Tensor | None = None
+        self,
+        video: torch.Tensor,
+        sensor: torch.Tensor,
+        weights: torch.Tensor | None = None,
+        s2v_weights: torch.Tensor | None = None,
     ) -> torch.Tensor: ...
 
 

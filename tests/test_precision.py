@@ -26,8 +26,9 @@ from detach_plugins.methods.imu2clip import InfoNceLoss, InfoNceParams
 
 CPU = torch.device("cpu")
 BF16 = {"device": "cpu", "progress": "off", "tensorboard": False, "precision": "bf16"}
-# `detach validate examples/quickstart.yaml` before runtime.precision existed: the fp32 default must keep it.
-QUICKSTART_UID = "synthetic_kitchen-small_cnn-detach_sensor_spatial-detach_spatial-detach_temporal-92f3849d18"
+# `detach validate examples/quickstart.yaml` as if runtime.precision did not exist: the fp32 default must keep it.
+# (Pinned since the uid left out the eval section; 66ef958b14 before.)
+QUICKSTART_UID = "synthetic_kitchen-small_cnn-detach_sensor_spatial-detach_spatial-detach_temporal-80bde882cb"
 
 
 def write(tmp_path: Path, spec: dict) -> str:
@@ -120,10 +121,9 @@ def test_stage2_loss_under_bf16_autocast_equals_the_fp32_loss(detach_model):  # 
         ({"name": "global_contrastive"}, {"name": "infonce"}),
         ({"name": "primus", "queue_size": 8}, {"name": "infonce"}),
         ({"name": "comodo"}, None),
-        ({"name": "evi_mae", "video_patch": 8}, {"name": "infonce"}),
         ({"name": "supervised"}, None),
     ],
-    ids=["imu2clip", "primus", "comodo", "evi_mae", "supervised"],
+    ids=["imu2clip", "primus", "comodo", "supervised"],  # evi_mae's own encoder: tests/test_evi_mae.py
 )
 def test_every_method_loss_is_float32_and_close_under_bf16(registry, aligner, loss):
     stage = {"name": "align", "epochs": 1, "aligner": aligner, "loss": loss}

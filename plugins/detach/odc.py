@@ -25,7 +25,9 @@ class OdcParams(ComponentParams):
     temperature: float = Field(0.1, gt=0, description="Cluster logits are cos(z_s, centroid) / temperature.")
     bank_momentum: float = Field(0.1, ge=0, lt=1, description="Bank update normalize(m*old + (1-m)*new).")
     balance_power: float = Field(0.5, ge=0, description="Class-balanced weights w_k = 1 / |C_k|^power.")
-    max_weight_ratio: float = Field(10.0, ge=1, description="Clamp so that max(w) / min(w) <= this.")
+    max_weight_ratio: float = Field(
+        10.0, ge=1, description="Weights below max(w) / this are raised to it (authors' code): max/min <= this."
+    )
     kmeans_init: int = Field(10, ge=1, le=1000, description="k-means restarts (scikit-learn n_init).")
     time_warp: float = Field(0.2, ge=0, lt=1, description="Time-warp amplitude (fraction of L), 0 disables.")
 
@@ -87,15 +89,18 @@ class OnlineDeepClustering(nn.Module):
 
     @torch.no_grad()
     def update_centroids(self) -> None:
-        """Per epoch: centroids = mean of assigned bank features (empty keep theirs); clusters under
-        min_cluster_size are dissolved into the nearest other centroid, and each emptied cluster takes the
-        farthest half of the currently largest cluster."""
+        """Per epoch: centroids = mean of assigned bank features (empty keep theirs); the members of clusters
+        under min_cluster_size move to the nearest centroid among the clusters that are not small (never into
+        another small or an empty one); each emptied cluster then takes the farthest half of the currently
+        largest cluster. Where no cluster reaches min_cluster_size there is nowhere to go: nothing is dissolved."""
         self._recompute_centroids()
-        small = [k for k in range(self.k) if 0 < self.sizes()[k] < self.params.min_cluster_size]
-        for k in small:
-            members = (self.labels == k).nonzero().squeeze(1)
+        sizes = self.sizes()
+        small = (sizes > 0) & (sizes < self.params.min_cluster_size)
+        large = sizes >= max(self.params.min_cluster_size, 1)
+        if small.any() and large.any():
+            members = small[self.labels]
             similarity = self.bank[members] @ F.normalize(self.centroids, dim=1).T
-            similarity[:, k] = -torch.inf
+            similarity[:, ~large] = -torch.inf
             self.labels[members] = similarity.argmax(dim=1)
         for k in range(self.k):
             if int((self.labels == k).sum()) == 0:
@@ -126,15 +131,24 @@ class OnlineDeepClustering(nn.Module):
         return torch.bincount(self.labels, minlength=self.k)
 
     def class_weights(self) -> torch.Tensor:
-        """w_k = 1 / |C_k|^power, clamped from above so max/min <= max_weight_ratio, renormalised to sum K.
+        """w_k = 1 / |C_k|^power; weights below max(w) / max_weight_ratio are raised to it (the authors' code);
+        then renormalised to sum to K.
 
-        An empty cluster counts as size 1 (it gets the largest weight before clamping).
+        An empty cluster (possible between the per-epoch refills) gets the weight of the smallest non-empty
+        one, i.e. max(w), and takes no part in the max/min rule (1 / 0^power would be infinite and raise every
+        other weight). No training sample carries its label, so it only weighs the validation windows that the
+        centroids assign to it. With every cluster empty all weights are 1.
         """
-        sizes = self.sizes().float().clamp(min=1)
-        weights = sizes.pow(-self.params.balance_power)
-        # Weights are at most 1 (sizes >= 1): a larger bound clamps nothing, and one beyond float32 overflows.
-        weights = weights.clamp(max=min(float(weights.min()) * self.params.max_weight_ratio, 1.0))
-        return weights * self.k / weights.sum()
+        sizes = self.sizes().double()
+        filled = sizes > 0
+        if not filled.any():
+            return torch.ones(self.k, device=sizes.device)
+        smallest = sizes[filled].min()
+        sizes = sizes.where(filled, smallest)
+        # w / max(w) = (smallest / size)^power: the same after renormalising, and it can neither overflow nor
+        # underflow to all zeros whatever the power (max(w) / max(w) is exactly 1).
+        relative = (smallest / sizes).pow(self.params.balance_power).clamp(min=1 / self.params.max_weight_ratio)
+        return (relative * self.k / relative.sum()).float()
 
     def confidence(self, quantile: float = 0.75) -> torch.Tensor:
         """Per cluster: confident (True) when the sample's cosine distance to its centroid is below the

@@ -32,6 +32,11 @@ class TemporalParams(ComponentParams):
         "cross_modal",
         description="S_tm from cos(h'_v,i, h'_s,j) (paper) or the mean of the within-modality cosines (code).",
     )
+    s2v_weights: Literal["same", "transposed"] = Field(
+        "same",
+        description="In L_s2v, sensor anchor i weights negative video j by W_ij, the same W as L_v2s (paper), "
+        "or by W_ji (W transposed: the weight of the pair video j, sensor i).",
+    )
 
 
 def pairwise_cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -200,4 +205,7 @@ class TemporalAligner(AlignerBase):
         )
         u_v = torch.cat([F.normalize(z_v, dim=-1), F.normalize(h_v, dim=-1)], dim=-1)
         u_s = torch.cat([F.normalize(z_s, dim=-1), F.normalize(h_s, dim=-1)], dim=-1)
+        if p.s2v_weights == "transposed":
+            return self.loss(u_v, u_s, weights, s2v_weights=weights.T), weights
+        # Only the transposed form needs the keyword, so any loss of the plain contract serves the paper's.
         return self.loss(u_v, u_s, weights), weights

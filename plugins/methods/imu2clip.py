@@ -100,7 +100,8 @@ class InfoNceLoss(nn.Module):
     """Symmetric InfoNCE on L2-normalised embeddings; `weights` [B, B] scale the negatives.
 
     L_v2s = -1/N sum_i log(exp(S_ii) / (exp(S_ii) + sum_{j!=i} W_ij exp(S_ij))), S = cos / tau,
-    L_s2v the same on S transposed with the same W, loss = (L_v2s + L_s2v) / 2. W = None is plain InfoNCE.
+    L_s2v the same on S transposed with the same W (sensor anchor i weights negative j by W_ij) unless
+    `s2v_weights` gives another matrix, loss = (L_v2s + L_s2v) / 2. W = None is plain InfoNCE.
     """
 
     def __init__(self, params: InfoNceParams) -> None:
@@ -116,10 +117,17 @@ class InfoNceLoss(nn.Module):
         return self.log_scale.clamp(max=self.max_log_scale).exp()
 
     @float32
-    def forward(self, video: torch.Tensor, sensor: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        video: torch.Tensor,
+        sensor: torch.Tensor,
+        weights: torch.Tensor | None = None,
+        s2v_weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         video, sensor = F.normalize(video, dim=-1), F.normalize(sensor, dim=-1)
         logits = self.logit_scale() * video @ sensor.T  # S[i, j] = cos(v_i, s_j) / tau
-        return 0.5 * (weighted_nce(logits, weights) + weighted_nce(logits.T, None if weights is None else weights.T))
+        s2v = weights if s2v_weights is None else s2v_weights
+        return 0.5 * (weighted_nce(logits, weights) + weighted_nce(logits.T, s2v))
 
 
 def weighted_nce(logits: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
