@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec")
     p.add_argument("overrides", nargs="*", metavar="key.path=value")
     p.add_argument("--print", action="store_true", help="print the resolved spec (YAML, as the run's spec.yaml)")
-    p = command("schema", "write the JSON Schema of spec files")
+    p = command("schema", "write the JSON Schemas of spec files and (beside it, study.schema.json) of study files")
     p.add_argument("--out", type=Path, default=DEFAULT_SCHEMA)
     p = command("train", "train a spec into a run directory, then evaluate it")
     p.add_argument("spec")
@@ -64,8 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="default: runs/studies/<study name>")
     p.add_argument("--seeds", help="comma-separated subset of the study's seeds to run now (tables use all)")
     p.add_argument("--dry-run", action="store_true", help="list the runs it would start and skip; start none")
-    p = command("eval", "evaluate a run directory again and rewrite its summary.json")
+    p = command(
+        "eval",
+        "evaluate a run directory again: rewrite its summary.json, or with eval.* overrides write "
+        "RUN_DIR/eval/<eval-uid>/ (no retraining)",
+    )
     p.add_argument("run_dir", type=Path)
+    p.add_argument("overrides", nargs="*", metavar="eval.key=value")
     p = command("export", "write a run's sensor encoder, preprocessing and probe to a directory (safetensors + JSON)")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--out", type=Path, required=True, help="the export directory (an existing export is replaced)")
@@ -169,11 +174,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_schema(args: argparse.Namespace) -> int:
     from detach_framework.atomic import atomic_write_text
+    from detach_framework.engine.study import STUDY_SCHEMA_FILE, study_json_schema
     from detach_framework.spec import json_schema
 
-    schema = json_schema(_host(args).registry)
-    atomic_write_text(args.out, json.dumps(schema, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    study_out = args.out.with_name(STUDY_SCHEMA_FILE)
+    if study_out == args.out:
+        raise UserError(f"--out {args.out}: that name is the study schema's, written beside the spec schema")
+    for path, schema in ((args.out, json_schema(_host(args).registry)), (study_out, study_json_schema())):
+        atomic_write_text(path, json.dumps(schema, indent=2) + "\n")
+    print(f"wrote {args.out} and {study_out}")
     return 0
 
 
@@ -236,21 +245,11 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from detach_framework.data.transforms import load_preprocessing
-    from detach_framework.engine.evaluate import evaluate_run, format_summary
-    from detach_framework.engine.rundir import RunDirectory
-    from detach_framework.engine.session import Session
-    from detach_framework.spec import load_spec
+    from detach_framework.engine.evaluate import evaluate_run_directory, format_summary
 
-    host = _host(args)
-    run = RunDirectory.open_existing(args.run_dir, write=True)
-    try:
-        session = Session.from_spec(load_spec(run.spec_file, host.registry), host)
-        load_preprocessing(session.source, run.path)
-        summary = evaluate_run(session, run)
-    finally:
-        run.close()
+    summary, written = evaluate_run_directory(args.run_dir, _host(args), args.overrides)
     print(format_summary(summary))
+    print(f"wrote {written}")
     return 0
 
 

@@ -221,6 +221,10 @@ UID_EXCLUDE: dict[str, Any] = {
     "runtime": {"device", "progress", "tensorboard", "log_every", "threads"},
     "data": {"num_workers"},
     "cache": {"dir", "frames"},
+    # Evaluation reads the trained weights and never changes them, so `detach eval` and a study may vary it on
+    # one trained run. `eval.checkpoint` only picks which checkpoint is read: training writes best.pt and last.pt
+    # either way.
+    "eval": True,
 }
 # Fields added after uids were published, left out of the hash while at their default so that a spec not
 # setting them keeps its uid (and its run directory, checkpoints and resume).
@@ -237,6 +241,12 @@ def spec_uid(spec: BaseModel) -> str:
     parts = [spec.data.dataset.name, spec.model.video_backbone.name, spec.model.sensor_encoder.name]
     parts += [stage.aligner.name for stage in spec.stages]
     return "-".join(dict.fromkeys(parts)) + "-" + digest
+
+
+def eval_uid(spec: Experiment) -> str:
+    """Short hash of the resolved eval section: names a re-evaluation's directory (RUN_DIR/eval/<eval-uid>/)."""
+    payload = spec.eval.model_dump(mode="json")
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def _slot_union(registry: Registry, kind: str) -> Any:
@@ -332,6 +342,11 @@ def json_schema(registry: Registry) -> dict[str, Any]:
     schema = build_spec_model(registry).model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "detach-framework experiment spec"
+    # `base:` is resolved before validation (see `read_spec_file`), so the model has no such field; a spec naming a
+    # base may leave out what the base provides.
+    schema["properties"] = {"base": BASE_SCHEMA, **schema["properties"]}
+    schema["if"] = {"required": ["base"]}
+    schema["else"] = {"required": schema.pop("required")}
     return schema
 
 
@@ -381,6 +396,60 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+BASE_KEY = "base"
+BASE_SCHEMA = {
+    "type": "string",
+    "minLength": 1,
+    "description": "Another spec file (relative to this one) that this spec starts from: mappings are merged key by "
+    "key, lists and values replaced; a component slot naming another component replaces the base's slot. One level: "
+    "the base may not name a base itself.",
+}
+
+
+def read_spec_file(path: str | Path) -> dict[str, Any]:
+    """A spec file as a dict, with its `base:` (if any) merged under it: one level of inheritance."""
+    path = Path(path)
+    data = read_yaml(path)
+    if BASE_KEY not in data:
+        return data
+    base_path = _base_path(path, data.pop(BASE_KEY))
+    if base_path == path.resolve():
+        raise UserError(f"{path}: base: {base_path.name} is this file itself")
+    if not base_path.is_file():
+        raise UserError(f"{path}: base: {base_path} not found")
+    base = read_yaml(base_path)
+    if BASE_KEY in base:
+        grand = _base_path(base_path, base[BASE_KEY])
+        if grand == path.resolve():
+            raise UserError(f"{path}: base: {base_path} names this file as its base (a cycle)")
+        raise UserError(
+            f"{path}: base: {base_path} names a base itself ({base[BASE_KEY]}); one level of inheritance only: "
+            "merge the two into one base"
+        )
+    return merge_spec(base, data)
+
+
+def _base_path(spec_file: Path, value: Any) -> Path:
+    if not isinstance(value, str) or not value.strip():
+        raise UserError(f"{spec_file}: base: expected the path of a spec file, got {value!r}")
+    return (spec_file.parent / value).resolve()
+
+
+def merge_spec(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """`child` over `base`: mappings merge key by key, anything else (lists included) is replaced. A component slot
+    naming another component is replaced whole, since the base component's params would not fit it."""
+    merged = dict(base)
+    for key, value in child.items():
+        below = merged.get(key)
+        swapped = key in SLOT_KINDS and isinstance(below, dict) and isinstance(value, dict)
+        swapped = swapped and below.get("name") != value.get("name", below.get("name"))
+        if isinstance(below, dict) and isinstance(value, dict) and not swapped:
+            merged[key] = merge_spec(below, value)
+        else:
+            merged[key] = value
+    return merged
+
+
 _OVERRIDE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.([A-Za-z_][A-Za-z0-9_]*|\d+))*$")
 
 
@@ -395,6 +464,17 @@ def parse_override(override: str) -> tuple[list[str], Any]:
     except (yaml.YAMLError, RecursionError):
         value = raw  # not valid YAML: take it as a plain string, validation decides
     return key.split("."), value
+
+
+def check_eval_overrides(overrides: Sequence[str]) -> None:
+    """Refuse, naming it, an override outside `eval`: only evaluation can change on a trained run."""
+    for override in overrides:
+        parts, _ = parse_override(override)
+        if parts[0] != "eval":
+            raise UserError(
+                f"override '{override}': {'.'.join(parts)} is not an eval.* key; only eval.* can change without "
+                "retraining (train a new run for the rest)"
+            )
 
 
 def apply_override(data: dict[str, Any], override: str) -> None:
@@ -492,13 +572,15 @@ def load_spec(
     overrides: list[str] | tuple[str, ...] = (),
     note: Callable[[str], None] | None = print_note,
 ) -> Experiment:
-    """Read (if a path), override, and validate a spec; user errors become one-line UserErrors.
+    """Read (if a path, with its `base:`), override, and validate a spec; user errors become one-line UserErrors.
 
     What a component swap dropped (see `apply_overrides`) goes to `note` (stderr unless told otherwise) once the
     spec is valid; when it is not, it ends the error line instead, since it often explains the error.
     """
     label = str(source) if not isinstance(source, dict) else "<spec>"
-    data = read_yaml(source) if not isinstance(source, dict) else json.loads(json.dumps(source))
+    data = read_spec_file(source) if not isinstance(source, dict) else json.loads(json.dumps(source))
+    if isinstance(source, dict) and BASE_KEY in data:
+        raise UserError(f"<spec>: base: {data[BASE_KEY]!r}: only a spec file may name a base (relative to the file)")
     notes: list[str] = []
     apply_overrides(data, overrides, notes.append, registry)
     model = build_spec_model(registry)

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
+from detach_framework.atomic import atomic_write_json, atomic_write_text
 from detach_framework.contracts import EmbeddingSet, EvalContext
+from detach_framework.data.transforms import load_preprocessing
 from detach_framework.engine.checkpoint import BEST, LAST, load_checkpoint
-from detach_framework.engine.rundir import RunDirectory
+from detach_framework.engine.rundir import EVAL_SPEC_FILE, SUMMARY_FILE, RunDirectory
 from detach_framework.engine.session import Session, make_loader, to_device
 from detach_framework.errors import PluginError, UserError
-from detach_framework.spec import Experiment
+from detach_framework.plugins import PluginHost
+from detach_framework.spec import Experiment, check_eval_overrides, eval_uid, load_spec
 
 
 @torch.no_grad()
@@ -70,12 +75,14 @@ def load_evaluated_checkpoint(session: Session, run: RunDirectory) -> tuple[dict
     return state, path
 
 
-def evaluate_run(session: Session, run: RunDirectory) -> dict[str, Any]:
-    """Load the spec's chosen checkpoint, run every evaluator, write and return summary.json."""
+def evaluate_run(session: Session, run: RunDirectory, out_dir: Path | None = None) -> dict[str, Any]:
+    """Load the spec's chosen checkpoint, run every evaluator, write and return summary.json: the run's own, or
+    with `out_dir` (see `reevaluate_run`) one in out_dir, with the plots in out_dir/plots."""
     spec = session.spec
     state, path = load_evaluated_checkpoint(session, run)
     train, test = embed_split(session, "train"), embed_split(session, "test")
-    context = EvalContext(class_names=list(session.source.class_names), out_dir=run.plots, seed=spec.seed)
+    plots_dir = run.plots if out_dir is None else out_dir / "plots"
+    context = EvalContext(class_names=list(session.source.class_names), out_dir=plots_dir, seed=spec.seed)
     metrics: dict[str, float] = {}
     tables: dict[str, Any] = {}
     plots: list[str] = []
@@ -91,6 +98,7 @@ def evaluate_run(session: Session, run: RunDirectory) -> dict[str, Any]:
     summary = {
         "name": spec.name,
         "uid": spec.uid,
+        "eval_uid": eval_uid(spec),
         "checkpoint": path.name,
         "stage": state.get("stage"),
         "epochs_done": state.get("epochs_done"),
@@ -100,8 +108,39 @@ def evaluate_run(session: Session, run: RunDirectory) -> dict[str, Any]:
         "tables": tables,
         "plots": plots,
     }
-    run.write_summary(summary)
+    if out_dir is None:
+        run.write_summary(summary)
+    else:
+        atomic_write_json(out_dir / SUMMARY_FILE, summary)
     return summary
+
+
+def reevaluate_run(session: Session, run: RunDirectory) -> tuple[dict[str, Any], Path]:
+    """Evaluate the trained run under the session spec's eval section (which may differ from the run's) into
+    RUN_DIR/eval/<eval-uid>/: summary.json, plots/ and the resolved eval section as eval.yaml."""
+    out_dir = run.eval_dir(eval_uid(session.spec))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    resolved = yaml.safe_dump(session.spec.eval.model_dump(mode="json"), sort_keys=False)
+    atomic_write_text(out_dir / EVAL_SPEC_FILE, resolved)
+    return evaluate_run(session, run, out_dir), out_dir
+
+
+def evaluate_run_directory(
+    run_dir: str | Path, host: PluginHost, overrides: Sequence[str] = ()
+) -> tuple[dict[str, Any], Path]:
+    """`detach eval`: evaluate a trained run again. Without overrides, under its own spec, rewriting its summary.json;
+    with `eval.*` overrides, into RUN_DIR/eval/<eval-uid>/ (`reevaluate_run`). Returns the summary and its file."""
+    check_eval_overrides(overrides)
+    run = RunDirectory.open_existing(run_dir, write=True)
+    try:
+        session = Session.from_spec(load_spec(run.spec_file, host.registry, overrides), host)
+        load_preprocessing(session.source, run.path)
+        if not overrides:
+            return evaluate_run(session, run), run.summary_file
+        summary, out_dir = reevaluate_run(session, run)
+        return summary, out_dir / SUMMARY_FILE
+    finally:
+        run.close()
 
 
 def format_summary(summary: dict[str, Any]) -> str:

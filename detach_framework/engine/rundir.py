@@ -22,6 +22,8 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 ENV_FILE = "env.json"
 MARKER_FILE = ".detach-run"  # written into every run directory this framework creates
+EVAL_DIR = "eval"  # re-evaluations under other eval settings: eval/<eval-uid>/ (summary.json, plots/, eval.yaml)
+EVAL_SPEC_FILE = "eval.yaml"
 
 
 def is_run_directory(path: Path) -> bool:
@@ -69,6 +71,10 @@ class RunDirectory:
     @property
     def summary_file(self) -> Path:
         return self.path / SUMMARY_FILE
+
+    def eval_dir(self, eval_uid: str) -> Path:
+        """Where a re-evaluation under other eval settings writes, leaving the training summary alone."""
+        return self.path / EVAL_DIR / eval_uid
 
     @property
     def replaced(self) -> Path:

@@ -39,6 +39,12 @@ def progress_enabled(setting: str) -> bool:
     return setting == "on" or (setting == "auto" and sys.stderr.isatty())
 
 
+def epoch_lines_enabled(setting: str) -> bool:
+    """`auto` without a terminal (a batch job, a study's log file): no bars, but one line per epoch, so that a long
+    run is not silent until it ends."""
+    return setting == "auto" and not sys.stderr.isatty()
+
+
 def data_settings(spec: Experiment) -> DataSettings:
     data = spec.data
     return DataSettings(
@@ -121,6 +127,10 @@ class Session:
     @property
     def progress(self) -> bool:
         return progress_enabled(self.spec.runtime.progress)
+
+    @property
+    def epoch_lines(self) -> bool:
+        return epoch_lines_enabled(self.spec.runtime.progress)
 
     def cache_context(self) -> CacheContext:
         return CacheContext(self.spec, self.source, self.model, self.device, self.progress)

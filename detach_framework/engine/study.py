@@ -3,7 +3,9 @@ study.md, a plot.
 
 Each run lives in `<study dir>/runs/<uid>/`; a run whose summary.json exists is complete and skipped, an
 interrupted one is resumed. Runs go one after another in this process, or `jobs` at a time as
-`python -m detach_framework train` subprocesses (each with its share of the CPU threads).
+`python -m detach_framework train` subprocesses (each with its share of the CPU threads). The uid leaves the
+eval section out, so variants differing only in eval.* share one trained run: one of them trains it, the others
+are `detach eval` subprocesses writing `<run>/eval/<eval-uid>/`.
 """
 
 from __future__ import annotations
@@ -15,18 +17,22 @@ import math
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from itertools import product
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from detach_framework.atomic import atomic_write_text
-from detach_framework.engine.rundir import SUMMARY_FILE
+from detach_framework.engine.rundir import SPEC_FILE, SUMMARY_FILE, RunDirectory
 from detach_framework.errors import UserError
 from detach_framework.registry import Registry
-from detach_framework.spec import Experiment, dump_spec, load_spec, print_note, read_yaml
+from detach_framework.spec import Experiment, dump_spec, eval_uid, load_spec, print_note, read_yaml
+
+STUDY_SCHEMA_FILE = "study.schema.json"
 
 
 class StudySpec(BaseModel):
@@ -38,22 +44,95 @@ class StudySpec(BaseModel):
     base: str = Field(description="Base spec, relative to the study file.")
     seeds: list[int] = Field(default_factory=lambda: [42], min_length=1, description="Seeds of every variant.")
     overrides: dict[str, Any] = Field(default_factory=dict, description="Overrides applied to every variant.")
-    variants: dict[str, dict[str, Any]] = Field(min_length=1, description="Variant name -> its overrides.")
+    variants: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Variant name -> its overrides (a `base` key replaces the study's base spec). The first variant "
+        "is the reference of the paired differences.",
+    )
+    grid: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(
+        default_factory=dict,
+        description="Override key -> the values to try: every combination (the cartesian product) is a variant, "
+        "named by its key=value pairs; crossed with `variants` when both are given (variant first).",
+    )
     metrics: list[str] = Field(
         default_factory=lambda: ["weighted_f1", "macro_map"], min_length=1, description="Columns of the table."
     )
 
+    @model_validator(mode="after")
+    def _some_variant(self) -> StudySpec:
+        if not self.variants and not self.grid:
+            raise ValueError("a study needs variants, a grid, or both")
+        names = [name for name, _ in self._variant_list()]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"grid: several combinations are named {repeated[0]!r}; give distinct values")
+        return self
+
+    def all_variants(self) -> dict[str, dict[str, Any]]:
+        """The study's variants in order: `variants`, each crossed with every point of `grid` (or the grid alone;
+        a grid value wins over a variant's own value of the same key)."""
+        return dict(self._variant_list())
+
+    def _variant_list(self) -> list[tuple[str, dict[str, Any]]]:
+        if not self.grid:
+            return list(self.variants.items())
+        labels = _grid_labels(list(self.grid))
+        points = [dict(zip(self.grid, values, strict=True)) for values in product(*self.grid.values())]
+        named = []
+        for variant, values in (self.variants or {"": {}}).items():
+            for point in points:
+                label = ",".join(f"{labels[key]}={_grid_value(value)}" for key, value in point.items())
+                named.append((f"{variant},{label}" if variant else label, {**values, **point}))
+        return named
+
+
+def _grid_labels(keys: list[str]) -> dict[str, str]:
+    """Each grid key's shortest dotted suffix that no other key ends with (`stages.0.optimizer.lr` -> `lr`)."""
+    labels = {}
+    for key in keys:
+        parts = key.split(".")
+        for size in range(1, len(parts) + 1):
+            label = ".".join(parts[-size:])
+            if not any(other != key and (other == label or other.endswith("." + label)) for other in keys):
+                break
+        labels[key] = label
+    return labels
+
+
+def _grid_value(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def study_json_schema() -> dict[str, Any]:
+    schema = StudySpec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "detach-framework study file"
+    schema["anyOf"] = [{"required": ["variants"]}, {"required": ["grid"]}]
+    return schema
+
 
 @dataclass(frozen=True)
 class PlannedRun:
+    """One variant x seed. `eval_dir` is set for a variant that only evaluates a run another variant trains
+    (same uid, other eval settings): its summary is `eval_dir/summary.json`, not the run's."""
+
     variant: str
     seed: int
     spec: Experiment
     run_dir: Path
+    eval_dir: Path | None = None
+
+    @property
+    def trains(self) -> bool:
+        return self.eval_dir is None
+
+    @property
+    def summary_file(self) -> Path:
+        return (self.eval_dir or self.run_dir) / SUMMARY_FILE
 
     @property
     def complete(self) -> bool:
-        return (self.run_dir / SUMMARY_FILE).is_file()
+        return self.summary_file.is_file()
 
     @property
     def start_flag(self) -> str | None:
@@ -90,13 +169,14 @@ def plan(
     An override value "@other" in a variant names the run directory of variant `other` with the same seed
     (e.g. `stages.0.init_from: "@full"` reuses its stage 1); that variant must come earlier in the file.
     A variant's `base` key replaces the study's base spec (to compare methods built from different specs).
+    Variants differing only in eval.* share a run directory (see `_share_trained_runs`).
     """
     study_file = Path(study_file)
     study = load_study(study_file)
     base = (study_file.parent / study.base).resolve()
     runs: list[PlannedRun] = []
     noted: dict[str, None] = {}  # a variant's dropped keys are the same for every seed: say so once
-    for variant, values in study.variants.items():
+    for variant, values in study.all_variants().items():
         values = dict(values)
         spec_file = (study_file.parent / values.pop("base")).resolve() if "base" in values else base
         for seed in seeds if seeds is not None else study.seeds:
@@ -111,7 +191,38 @@ def plan(
             runs.append(PlannedRun(variant, seed, spec, out_dir / "runs" / spec.uid))
     for line in noted:
         print_note(line)
-    return study, runs
+    return study, _share_trained_runs(runs, registry)
+
+
+def _share_trained_runs(runs: list[PlannedRun], registry: Registry) -> list[PlannedRun]:
+    """Of the variants sharing a run directory, those evaluated as it was trained (its spec.yaml's eval section,
+    else the first such variant's) read its summary.json; every other one evaluates it into eval/<eval-uid>/."""
+    trained: dict[Path, str] = {}
+    shared = []
+    for run in runs:
+        if run.run_dir not in trained:
+            trained[run.run_dir] = _started_eval_uid(run.run_dir, registry) or eval_uid(run.spec)
+        mine = eval_uid(run.spec)
+        if mine != trained[run.run_dir]:
+            run = replace(run, eval_dir=RunDirectory(run.run_dir).eval_dir(mine))
+        shared.append(run)
+    for run_dir in trained:
+        if not (run_dir / SUMMARY_FILE).is_file() and all(r.run_dir != run_dir or not r.trains for r in shared):
+            raise UserError(
+                f"{run_dir} was started under eval settings that no variant of the study has now and is not "
+                f"finished: finish it (detach train {run_dir / SPEC_FILE} --run-dir {run_dir} --resume) or delete it"
+            )
+    return shared
+
+
+def _started_eval_uid(run_dir: Path, registry: Registry) -> str | None:
+    """The eval-uid a started run directory was trained under; None when it has no (readable) spec.yaml."""
+    if not (run_dir / SPEC_FILE).is_file():
+        return None
+    try:
+        return eval_uid(load_spec(run_dir / SPEC_FILE, registry, note=None))
+    except UserError:
+        return None  # a spec the installed plugins refuse: training it again would say why
 
 
 def pending_runs(runs: list[PlannedRun], seeds: list[int] | None) -> list[PlannedRun]:
@@ -120,20 +231,23 @@ def pending_runs(runs: list[PlannedRun], seeds: list[int] | None) -> list[Planne
 
 
 def dry_run(study_file: str | Path, registry: Registry, out_dir: Path, seeds: list[int] | None = None) -> list[str]:
-    """What `run_study` would do, one line per run: start (fresh, resumed or replacing a partial directory)
-    or skip (complete, or a seed left out by `seeds`). Nothing is written."""
+    """What `run_study` would do, one line per run: start (fresh, resumed or replacing a partial directory),
+    evaluate only (a variant sharing another's trained run), or skip (complete, or a seed left out by `seeds`).
+    Nothing is written."""
     study, runs = plan(study_file, registry, out_dir)
     pending = pending_runs(runs, seeds)
-    starting = {run.run_dir for run in pending}
+    starting = {run.summary_file for run in pending}
     lines = [f"study {study.name}: {len(runs)} runs, {len(pending)} to run, {len(runs) - len(pending)} skipped"]
     for run in runs:
         if run.complete:
             action = "skip (complete)"
-        elif run.run_dir not in starting:
+        elif run.summary_file not in starting:
             action = "skip (seed not in --seeds)"
+        elif not run.trains:
+            action = "evaluate only (reuses the trained run)"
         else:
             action = {"--resume": "run (resume)", "--overwrite": "run (replace partial)"}.get(run.start_flag, "run")
-        lines.append(f"{action}: {run.variant} seed {run.seed} -> {run.run_dir}")
+        lines.append(f"{action}: {run.variant} seed {run.seed} -> {run.eval_dir or run.run_dir}")
     return lines
 
 
@@ -144,6 +258,21 @@ def _resolve_reference(study_file: Path, variant: str, seed: int, value: Any, ru
         if run.variant == value[1:] and run.seed == seed:
             return str(run.run_dir)
     raise UserError(f"{study_file}: variant '{variant}': {value} must name an earlier variant of the study")
+
+
+@dataclass
+class _Job:
+    """A started run: `detach train` of a trained run, or `detach eval` of an evaluation-only variant."""
+
+    run: PlannedRun
+    process: subprocess.Popen
+    label: str  # "[3/8]": its place in the start order
+    started: float
+
+    def blocks(self, run: PlannedRun) -> bool:
+        """`run` must wait: it writes the same run directory (one writer at a time), or reuses this one's stage."""
+        needs = {stage.init_from for stage in run.spec.stages if stage.init_from}
+        return self.run.run_dir == run.run_dir or str(self.run.run_dir) in needs
 
 
 def run_study(
@@ -161,25 +290,42 @@ def run_study(
     # `seeds` restricts what runs now; the tables always gather every complete run of the study.
     pending = pending_runs(runs, seeds)
     log(f"study {study.name}: {len(runs)} runs, {len(runs) - len(pending)} already complete, {len(pending)} to run")
+    # Trainings before evaluations (an evaluation-only variant needs its trained run); identical variants once.
+    starts: dict[Path, PlannedRun] = {}
+    for run in sorted(pending, key=lambda r: not r.trains):  # a stable sort: plan order otherwise
+        starts.setdefault(run.summary_file, run)
+    queue = list(starts.values())
     threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
-    active: list[tuple[PlannedRun, subprocess.Popen]] = []
+    active: list[_Job] = []
     failures: list[str] = []
-    for index, run in enumerate(pending):
-        needs = {stage.init_from for stage in run.spec.stages if stage.init_from}
-        while len(active) >= jobs or any(str(other.run_dir) in needs for other, _ in active):
-            failures += _reap(active, log)  # a run reusing another's stage waits for it to finish
-        spec_file = out_dir / "specs" / f"{run.spec.uid}.yaml"
-        atomic_write_text(spec_file, dump_spec(run.spec))
+    for index, run in enumerate(queue, start=1):
+        label = f"[{index}/{len(queue)}]"
+        while len(active) >= jobs or any(job.blocks(run) for job in active):
+            failures += _reap(active, log)
+        target = run.eval_dir or run.run_dir
+        if not run.trains and not (run.run_dir / SUMMARY_FILE).is_file():
+            log(f"{label} skipped: {run.variant} seed {run.seed} -> {target}: its trained run did not finish")
+            failures.append(f"{run.variant}/seed {run.seed} not evaluated (its training failed)")
+            continue
+        (out_dir / "specs").mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "detach_framework"]
         for module in plugins or []:
             command += ["--plugin", module]
-        command += ["train", str(spec_file), "--run-dir", str(run.run_dir)]
-        if run.start_flag is not None:
-            command.append(run.start_flag)
-        log(f"[{index + 1}/{len(pending)}] {run.variant} seed {run.seed} -> {run.run_dir}")
+        if run.trains:
+            stem = run.spec.uid
+            spec_file = out_dir / "specs" / f"{stem}.yaml"
+            atomic_write_text(spec_file, dump_spec(run.spec))
+            command += ["train", str(spec_file), "--run-dir", str(run.run_dir)]
+            if run.start_flag is not None:
+                command.append(run.start_flag)
+        else:
+            stem = f"{run.spec.uid}.eval-{eval_uid(run.spec)}"
+            command += ["eval", str(run.run_dir), f"eval={json.dumps(run.spec.eval.model_dump(mode='json'))}"]
+        log(f"{label} start: {run.variant} seed {run.seed} -> {target}")
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-        log_file = open(out_dir / "specs" / f"{run.spec.uid}.log", "w")  # noqa: SIM115 - closed in _reap
-        active.append((run, subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT)))
+        log_file = open(out_dir / "specs" / f"{stem}.log", "w")  # noqa: SIM115 - closed in _reap
+        process = subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+        active.append(_Job(run, process, label, time.monotonic()))
     while active:
         failures += _reap(active, log)
     result = collect(study, runs, out_dir)
@@ -188,16 +334,19 @@ def run_study(
     return result
 
 
-def _reap(active: list[tuple[PlannedRun, subprocess.Popen]], log: Callable[[str], None]) -> list[str]:
-    """Wait for the first running job to end; return a failure line if it failed."""
-    run, process = active.pop(0)
-    code = process.wait()
-    if process.stdout is not None:
-        process.stdout.close()
-    if code != 0:
-        log(f"  failed: {run.variant} seed {run.seed} (exit {code})")
-        return [f"{run.variant}/seed {run.seed} exit {code}"]
-    return []
+def _reap(active: list[_Job], log: Callable[[str], None]) -> list[str]:
+    """Wait for the first running job to end, say how it ended; return a failure line if it failed."""
+    job = active.pop(0)
+    code = job.process.wait()
+    if job.process.stdout is not None:
+        job.process.stdout.close()
+    run, seconds = job.run, time.monotonic() - job.started
+    status = "done" if code == 0 else "failed"
+    log(
+        f"{job.label} {status}: {run.variant} seed {run.seed} -> {run.eval_dir or run.run_dir} "
+        f"({seconds:.1f} s, exit {code})"
+    )
+    return [f"{run.variant}/seed {run.seed} exit {code}"] if code != 0 else []
 
 
 def collect(study: StudySpec, runs: list[PlannedRun], out_dir: Path) -> dict[str, Any]:
@@ -211,7 +360,7 @@ def completed_rows(study: StudySpec, runs: list[PlannedRun]) -> list[dict[str, A
     for run in runs:
         if not run.complete:
             continue
-        summary = json.loads((run.run_dir / SUMMARY_FILE).read_text())
+        summary = json.loads(run.summary_file.read_text())
         rows.append(
             {
                 "variant": run.variant,
@@ -226,7 +375,7 @@ def completed_rows(study: StudySpec, runs: list[PlannedRun]) -> list[dict[str, A
 def write_outputs(study: StudySpec, rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
     """Write study.csv (one row per run), study_paired.csv (each variant minus the first, paired by seed),
     study.md (mean +/- std and the paired differences per variant) and study.png."""
-    variants = list(study.variants)
+    variants = list(study.all_variants())
     atomic_write_text(out_dir / "study.csv", _csv_text(["variant", "seed", "uid", *study.metrics], rows))
     table = aggregate(rows, variants, study.metrics)
     paired = paired_comparisons(rows, variants, study.metrics)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -62,6 +63,8 @@ class Trainer:
         # What the current stage reads: the splits, plus the outputs of its frozen parts (fixed_outputs.py).
         self.stage_train, self.stage_val = self.train_set, self.val_set
         self.progress = session.progress
+        self.epoch_lines = session.epoch_lines and self.is_main
+        self.epoch_seconds: list[float] = []  # of the epochs trained by this process: the ETA's pace
         self.tensorboard = None  # opened by fit(): evaluation alone writes no event files
         self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None  # the current stage's warm-up
         self.scaler = grad_scaler(self.precision, self.device)  # the current stage's fp16 loss scaling
@@ -188,6 +191,7 @@ class Trainer:
                     aligner.on_stage_start(self.model, self.stage_context(pos.stage_index, resumed))
                     self._serve_fixed_outputs(aligner)
             while pos.epochs_done < stage.epochs:
+                started = time.perf_counter()
                 record = self._train_epoch(pos, step, aligner, optimizer, trainable)
                 pos.epochs_done += 1
                 improved = record.get("val_loss", math.inf) < pos.best_val
@@ -206,6 +210,7 @@ class Trainer:
                 self.run.commit_replacement()  # the run --overwrite moved aside can go once this one has a checkpoint
                 self._scalars(record, pos.global_step)
                 self.host.manager.hook.detach_after_epoch(stage=stage.name, epoch=pos.epochs_done, metrics=record)
+                self._epoch_line(pos, record, time.perf_counter() - started)
             if self.is_main:
                 save_checkpoint(self.run.checkpoints / f"stage_{stage.name}.pt", self._state(pos, aligner, optimizer))
             distributed.barrier()  # other ranks never read a checkpoint before rank 0 has written it
@@ -219,6 +224,22 @@ class Trainer:
             self.run.commit_replacement()
         if self.tensorboard is not None:
             self.tensorboard.close()
+
+    def _epoch_line(self, pos: Position, record: dict[str, Any], seconds: float) -> None:
+        """One stderr line per epoch when bars are off for want of a terminal (`Session.epoch_lines`)."""
+        self.epoch_seconds.append(seconds)
+        if not self.epoch_lines:
+            return
+        stage = self.spec.stages[pos.stage_index]
+        later = sum(s.epochs for s in self.spec.stages[pos.stage_index + 1 :] if s.init_from is None)
+        remaining = (stage.epochs - pos.epochs_done + later) * sum(self.epoch_seconds) / len(self.epoch_seconds)
+        losses = " ".join(f"{key} {record[key]:.4f}" for key in ("train_loss", "val_loss") if key in record)
+        print(
+            f"{stage.name} epoch {pos.epochs_done}/{stage.epochs}: {losses} ({seconds:.1f} s; run ETA "
+            f"{_clock(remaining)})",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def _serve_fixed_outputs(self, aligner: AlignerBase) -> None:
         """Compute once what the stage's frozen parts output for every sample; the epochs read it back."""
@@ -386,6 +407,12 @@ class Trainer:
         for key, value in record.items():
             if isinstance(value, int | float) and key not in {"epoch", "step", "stage_index"}:
                 self.tensorboard.add_scalar(f"{prefix}/{key}", value, step)
+
+
+def _clock(seconds: float) -> str:
+    """3725.2 -> '1:02:05'."""
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
 
 
 def check_tensorboard(enabled: bool) -> None:
