@@ -16,13 +16,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from torch import nn
 
 from detach_framework.registry import ComponentParams
+
+if TYPE_CHECKING:
+    from detach_framework.evaluation.probe import LinearClassifier
 
 SAMPLE_KEYS: tuple[str, ...] = ("video", "sensor", "label", "subject", "fixture", "index")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -33,7 +36,10 @@ class DatasetSource(Protocol):
     """dataset factory(params, data: DataSettings) -> DatasetSource.
 
     Optional: preprocessing_state() -> JSON-able dict (`detach train` writes it to the run directory as
-    preprocessing.json) and load_preprocessing_state(state, source) (`detach eval` restores it).
+    preprocessing.json) and load_preprocessing_state(state, source) (`detach eval` restores it). A state that
+    `detach export` can carry holds the steps and statistics in `Pipeline.state` form plus `rate_hz`, the
+    sampling rate of the raw streams the steps apply to.
+    Reading one recording without the dataset: the dataset's `READ_RECORDING` tool (see RecordingReader).
     """
 
     class_names: list[str]
@@ -210,3 +216,37 @@ class Evaluator(Protocol):
     """evaluator factory(params) -> Evaluator."""
 
     def evaluate(self, train: EmbeddingSet, test: EmbeddingSet, ctx: EvalContext) -> EvalResult: ...
+
+
+class WindowProbeEvaluator:
+    """Base of an evaluator whose metrics come from a linear probe on each window's `probe` features.
+
+    `detach export` asks the spec's first such evaluator for the classifier it fits, fitted exactly as its
+    `evaluate` fits it (same train features, params and seed), and stores it for `detach predict`.
+    """
+
+    def fit_classifier(self, train: EmbeddingSet, ctx: EvalContext) -> LinearClassifier:
+        raise NotImplementedError(f"{type(self).__name__} must return the linear probe its evaluate fits")
+
+
+# ---- one recording's sensor channels, read without building the dataset (`detach predict`) ----------------
+
+READ_RECORDING = "read_recording"  # the dataset tool (registry.add(..., tools={READ_RECORDING: reader}))
+
+
+@dataclass
+class SensorRecording:
+    """One recording's raw sensor streams: sample k of `stream` [C, n] is at time `start_s + k / rate_hz`."""
+
+    channel_names: list[str]
+    rate_hz: float  # 0 when the file does not say (a CSV without a time column)
+    stream: np.ndarray  # [C, n] float, NaN where missing
+    start_s: float = 0.0
+
+
+class RecordingReader(Protocol):
+    """A dataset's READ_RECORDING tool: reader(path) -> SensorRecording for one recording file in the dataset's
+    own format; a bad file is a one-line UserError naming it. A dataset without the tool cannot be read this
+    way (`detach predict` says so)."""
+
+    def __call__(self, path: Path) -> SensorRecording: ...

@@ -153,7 +153,8 @@ class WindowedSource:
         return self._splits[name]
 
     def preprocessing_state(self) -> dict[str, Any]:
-        return {"dataset": self.name, **self.pipeline.state(self.channel_names)}
+        rate = self.recordings[int(self._splits["train"].recording[0])].rate_hz  # one rate (_check_rates)
+        return {"dataset": self.name, "rate_hz": rate, **self.pipeline.state(self.channel_names)}
 
     def load_preprocessing_state(self, state: dict[str, Any], source: str) -> None:
         if state.get("channels") != self.channel_names:

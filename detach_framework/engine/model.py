@@ -55,6 +55,26 @@ class OutputCheck:
             )
 
 
+# The sensor side of the model: what `detach export` carries and `load_encoder` rebuilds without the rest.
+SENSOR_SLOTS: tuple[str, ...] = ("sensor_encoder", "sensor_temporal_encoder")
+
+
+def sensor_state_dict(model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The sensor slots' entries of an AlignmentModel state dict (the keys keep their slot prefix)."""
+    return {key: value for key, value in model_state.items() if key.split(".", 1)[0] in SENSOR_SLOTS}
+
+
+def build_sensor_encoder(entry, registry: Registry, channels: int, sensor_length: int) -> nn.Module:
+    """One sensor slot's encoder from its spec entry (anything with the entry's `name` and params)."""
+    return registry.build("sensor_encoder", entry, in_channels=channels, length=sensor_length)
+
+
+def probe_embedding(spatial: torch.Tensor, temporal: torch.Tensor | None = None) -> torch.Tensor:
+    """The sensor feature of the linear probe: normalize(z_s), or [normalize(z_s), normalize(h_s)] when decomposed."""
+    spatial = F.normalize(spatial, dim=-1)
+    return spatial if temporal is None else torch.cat([spatial, F.normalize(temporal, dim=-1)], dim=-1)
+
+
 def reads_frames(head: nn.Module) -> bool:
     """A video head declaring `input_kind = "frames"` reads normalised frames instead of backbone maps."""
     return getattr(head, "input_kind", "maps") == "frames"
@@ -78,16 +98,14 @@ class AlignmentModel(nn.Module):
                 f"model.video_head '{spec.video_head.name}' reads raw frames (input: frames), which only "
                 "model.video_temporal_head receives: set its input to maps, or move it to video_temporal_head"
             )
-        self.sensor_encoder = registry.build(
-            "sensor_encoder", spec.sensor_encoder, in_channels=channels, length=sensor_length
-        )
+        self.sensor_encoder = build_sensor_encoder(spec.sensor_encoder, registry, channels, sensor_length)
         self.video_temporal_head = None
         self.sensor_temporal_encoder = None
         if spec.video_temporal_head is not None:
             head_spec = spec.video_temporal_head
             self.video_temporal_head = registry.build("video_head", head_spec, in_dim=feature_dim)
-            self.sensor_temporal_encoder = registry.build(
-                "sensor_encoder", spec.sensor_temporal_encoder, in_channels=channels, length=sensor_length
+            self.sensor_temporal_encoder = build_sensor_encoder(
+                spec.sensor_temporal_encoder, registry, channels, sensor_length
             )
         self.clusterer = None
         if spec.clusterer is not None:
@@ -163,12 +181,11 @@ class AlignmentModel(nn.Module):
         whose cosine is the mean of the spatial and temporal cosines, as in the stage-2 loss).
         """
         video = F.normalize(self.encode_video(batch), dim=-1)
-        sensor = F.normalize(self.encode_sensor(batch), dim=-1)
         if not self.decomposed:
+            sensor = probe_embedding(self.encode_sensor(batch))
             return {"probe": sensor, "video": video, "sensor": sensor}
         video_t = F.normalize(self.encode_video_temporal(batch), dim=-1)
-        sensor_t = F.normalize(self.encode_sensor_temporal(batch), dim=-1)
-        probe = torch.cat([sensor, sensor_t], dim=-1)
+        probe = probe_embedding(self.encode_sensor(batch), self.encode_sensor_temporal(batch))
         return {
             "probe": probe,
             "video": torch.cat([video, video_t], dim=-1) / math.sqrt(2.0),

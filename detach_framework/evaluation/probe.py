@@ -7,9 +7,12 @@ global RNG is neither read nor disturbed.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from detach_framework.evaluation.metrics import finite_matrix
@@ -18,10 +21,31 @@ from detach_framework.evaluation.metrics import finite_matrix
 _MIN_STD = 1e-8
 
 
-def linear_probe(
+@dataclass
+class LinearClassifier:
+    """A fitted linear probe: softmax(((x - mean) / std) @ weight.T + bias); mean/std None when not standardised."""
+
+    weight: np.ndarray  # [K, P] float32
+    bias: np.ndarray  # [K] float32
+    mean: np.ndarray | None = None  # [P] train feature statistics (float64)
+    std: np.ndarray | None = None
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities [M, K] (float64) of features x [M, P]."""
+        x = finite_matrix(x, "x", "P")
+        if x.shape[1] != self.weight.shape[1]:
+            raise ValueError(f"the probe takes {self.weight.shape[1]} features, got {x.shape[1]}")
+        if self.mean is not None:
+            x = (x - self.mean) / self.std
+        weight, bias = torch.from_numpy(self.weight), torch.from_numpy(self.bias)
+        with torch.inference_mode():
+            logits = F.linear(torch.from_numpy(x.astype(np.float32)), weight, bias)
+            return torch.softmax(logits, dim=1).double().numpy()
+
+
+def fit_linear_probe(
     train_x: np.ndarray,
     train_y: np.ndarray,
-    test_x: np.ndarray,
     num_classes: int,
     *,
     epochs: int = 30,
@@ -30,13 +54,13 @@ def linear_probe(
     weight_decay: float = 0.0,
     standardize: bool = True,
     seed: int = 42,
-) -> np.ndarray:
-    """Fit a linear classifier on (train_x, train_y) and return softmax probabilities [M, num_classes].
+) -> LinearClassifier:
+    """Fit a linear classifier on (train_x, train_y) with Adam and cross-entropy.
 
     With `standardize`, features are centred and scaled with the TRAIN mean/std (test statistics
     never leak into the probe); constant train features are only centred.
     """
-    xtr, xte = finite_matrix(train_x, "train_x", "P"), finite_matrix(test_x, "test_x", "P")
+    xtr = finite_matrix(train_x, "train_x", "P")
     ytr = np.asarray(train_y)
     if ytr.ndim != 1 or ytr.shape[0] != xtr.shape[0]:
         raise ValueError(f"train_y must be [N] with N={xtr.shape[0]}, got shape {ytr.shape}")
@@ -44,18 +68,17 @@ def linear_probe(
         raise ValueError(f"linear probe needs at least one sample and one feature, got {xtr.shape}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    if xte.shape[1] != xtr.shape[1]:
-        raise ValueError(f"train and test feature sizes differ: {xtr.shape[1]} vs {xte.shape[1]}")
     if not np.issubdtype(ytr.dtype, np.integer) or ytr.min() < 0 or ytr.max() >= num_classes:
         raise ValueError(f"train_y must be integer class indices in [0, {num_classes})")
     if epochs < 1 or batch_size < 1 or lr <= 0 or weight_decay < 0:
         raise ValueError("linear probe needs epochs >= 1, batch_size >= 1, lr > 0, weight_decay >= 0")
 
+    mean = std = None
     if standardize:
         mean = xtr.mean(axis=0)
         std = xtr.std(axis=0)
         std = np.where(std < _MIN_STD, 1.0, std)
-        xtr, xte = (xtr - mean) / std, (xte - mean) / std
+        xtr = (xtr - mean) / std
 
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
     in_dim = xtr.shape[1]
@@ -81,8 +104,20 @@ def linear_probe(
             loss = loss_fn(model(features[idx]), targets[idx])
             loss.backward()
             optimizer.step()
+    weight, bias = (t.detach().numpy().copy() for t in (model.weight, model.bias))
+    return LinearClassifier(weight=weight, bias=bias, mean=mean, std=std)
 
-    model.eval()
-    with torch.inference_mode():
-        logits = model(torch.from_numpy(xte.astype(np.float32)))
-        return torch.softmax(logits, dim=1).double().numpy()
+
+def linear_probe(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    num_classes: int,
+    **fit: Any,
+) -> np.ndarray:
+    """Fit a linear classifier on (train_x, train_y) (`fit_linear_probe`'s keywords) and return its softmax
+    probabilities [M, num_classes] on test_x."""
+    xtr, xte = finite_matrix(train_x, "train_x", "P"), finite_matrix(test_x, "test_x", "P")
+    if xte.shape[1] != xtr.shape[1]:
+        raise ValueError(f"train and test feature sizes differ: {xtr.shape[1]} vs {xte.shape[1]}")
+    return fit_linear_probe(xtr, train_y, num_classes, **fit).predict_proba(xte)

@@ -1,4 +1,4 @@
-"""DETACH's decomposed encoders (METHOD.md, "Decomposition"): spatial and temporal, per modality."""
+"""DETACH's decomposed encoders (docs/METHOD.md, "Decomposition"): spatial and temporal, per modality."""
 
 from __future__ import annotations
 

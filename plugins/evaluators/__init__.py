@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field, PositiveInt
 
-from detach_framework.contracts import EmbeddingSet, EvalContext, EvalResult
+from detach_framework.contracts import EmbeddingSet, EvalContext, EvalResult, WindowProbeEvaluator
 from detach_framework.evaluation import (
     accuracy,
     confusion_matrix,
@@ -17,6 +17,7 @@ from detach_framework.evaluation import (
     recall_at_k,
     weighted_f1,
 )
+from detach_framework.evaluation.probe import LinearClassifier
 from detach_framework.plugins import hookimpl
 from detach_framework.registry import MAX_BATCH_SIZE, MAX_EPOCHS, ComponentParams, Registry
 
@@ -47,11 +48,14 @@ class RetrievalParams(ComponentParams):
     )
 
 
-class LinearProbeEvaluator:
+class LinearProbeEvaluator(WindowProbeEvaluator):
     """Linear probe on frozen `probe` features: weighted F1, macro mAP, accuracy, per-class table, CM plot."""
 
     def __init__(self, params: LinearProbeParams) -> None:
         self.params = params
+
+    def fit_classifier(self, train: EmbeddingSet, ctx: EvalContext) -> LinearClassifier:
+        return self.params.fit_classifier(train.probe, train.labels, len(ctx.class_names), ctx.seed)
 
     def evaluate(self, train: EmbeddingSet, test: EmbeddingSet, ctx: EvalContext) -> EvalResult:
         names = list(ctx.class_names)

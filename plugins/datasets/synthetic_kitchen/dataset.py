@@ -11,7 +11,16 @@ import torch
 
 from detach_framework.contracts import SPLITS
 from detach_framework.data.settings import DataSettings
-from detach_framework.data.transforms import apply_zscore, channel_statistics, resample_linear, resolve_nan
+from detach_framework.data.transforms import (
+    NanPolicyStep,
+    Pipeline,
+    ResampleStep,
+    ZScoreStep,
+    apply_zscore,
+    channel_statistics,
+    resample_linear,
+    resolve_nan,
+)
 from detach_framework.errors import UserError
 
 from .layout import ACTIVITY_NAMES, CLASS_NAMES, FIXTURE_NAMES, SENSOR_RATE_HZ, channel_layout
@@ -31,6 +40,11 @@ _WINDOW_ROW_BYTES = 6 * 8
 # Generating one recording takes a few float64 copies of its stream at once (signal, extents, noise, wander).
 _GENERATION_COPIES = 6
 MEMORY_SHARE = 0.5  # of the machine's physical memory a kitchen may take
+
+# What `_sensor_windows` and the z-score of __init__ do to a raw window, as transform steps (their defaults are
+# the NaN threshold and minimum std used there), so that an export can apply it to a raw recording.
+ZSCORE = ZScoreStep()
+PREPROCESSING = [NanPolicyStep(), ResampleStep(), ZSCORE]
 
 
 def estimated_bytes(knobs: Knobs, data: DataSettings) -> int:
@@ -147,15 +161,12 @@ class SyntheticKitchen:
         return self._splits[name]
 
     def preprocessing_state(self) -> dict:
-        """The training-split z-score statistics, for the run directory (the CLI writes them)."""
-        return {
-            "dataset": "synthetic_kitchen",
-            "steps": [{"name": "nan_policy"}, {"name": "resample"}, {"name": "zscore"}],
-            "fit_split": "train",
-            "fit_windows": len(self._splits["train"]),
-            "channels": list(self.channel_names),
-            "zscore": {"mean": self.sensor_mean.tolist(), "std": self.sensor_std.tolist()},
-        }
+        """The training-split z-score statistics with the steps they belong to, in `Pipeline.state` form: the
+        CLI writes them to the run directory and `detach export` carries them to raw recordings."""
+        pipeline = Pipeline(PREPROCESSING, self.data.sensor_length, "synthetic_kitchen preprocessing")
+        pipeline.stats = {PREPROCESSING.index(ZSCORE): (self.sensor_mean, self.sensor_std)}
+        pipeline.fit_windows = len(self._splits["train"])
+        return {"dataset": "synthetic_kitchen", "rate_hz": SENSOR_RATE_HZ, **pipeline.state(self.channel_names)}
 
     def export(self, out_dir: Path) -> None:
         """Write the generated ground truth (readable back with params `root`)."""

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from detach_framework.atomic import atomic_directory
+from detach_framework.contracts import SensorRecording
 from detach_framework.errors import UserError
 
 from .layout import SENSOR_RATE_HZ, channel_layout
@@ -105,3 +106,20 @@ def _load_recording(root: Path, entry: dict, manifest_path: Path) -> Recording:
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
         raise UserError(f"synthetic_kitchen root: bad {path}: {exc}") from None
     return rec
+
+
+def read_sensor_recording(path: Path) -> SensorRecording:
+    """The sensor streams of one exported recording file (recording_NNNN.npz): the dataset's read_recording tool."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            sensor = np.asarray(npz["sensor"])
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
+        raise UserError(f"synthetic_kitchen recording {path}: unreadable ({exc})") from None
+    names = channel_layout().names
+    if sensor.ndim != 2 or sensor.shape[0] != len(names) or not np.issubdtype(sensor.dtype, np.floating):
+        raise UserError(
+            f"synthetic_kitchen recording {path}: sensor is {sensor.dtype}{list(sensor.shape)}, "
+            f"expected float [{len(names)}, samples]"
+        )
+    return SensorRecording(channel_names=list(names), rate_hz=SENSOR_RATE_HZ, stream=sensor)
