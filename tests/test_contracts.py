@@ -107,9 +107,13 @@ def test_loss_contract(component):
     assert_state_dict_round_trip(lambda: component.factory(component.params()), (video.detach(), sensor))
 
 
-def tiny_model():
+# Aligners that train one particular component get it in their slot (EVI-MAE reads per-patch tokens).
+REQUIRED_SLOTS = {"evi_mae": {"sensor_encoder": {"name": "evi_mae_sensor", "dim": 16}}}
+
+
+def tiny_model(aligner: str | None = None):
     """A model with every slot filled (decomposed, with a clusterer), so any aligner finds its parts."""
-    spec = load_spec(tiny_spec(model=DETACH_MODEL), REGISTRY)
+    spec = load_spec(tiny_spec(model={**DETACH_MODEL, **REQUIRED_SLOTS.get(aligner, {})}), REGISTRY)
     source = SimpleNamespace(channel_names=[f"c{i}" for i in range(5)], class_names=["Null", "a", "b", "c"])
     return AlignmentModel(spec.model, REGISTRY, source, sensor_length=32, num_train=4)
 
@@ -124,7 +128,7 @@ def build_aligner(component, model):
 
 @pytest.mark.parametrize("component", components("aligner"))
 def test_aligner_contract(component):
-    model = tiny_model()
+    model = tiny_model(component.name)
     aligner = build_aligner(component, model)
     assert not any(p is q for p in aligner.parameters() for q in model.parameters()), "model is not a submodule"
     batch = {
