@@ -25,30 +25,12 @@ from detach_framework.spec import load_spec
 ROOT = Path(__file__).resolve().parents[1]
 RATE_HZ = 30.0  # the synthetic kitchen's sensor rate
 
-# The README's API example (the lead pastes it into README.md); run as written from the repository root.
-README_API_EXAMPLE = """
-import numpy as np
-from detach_framework import api
 
-# Train a spec as `detach train` does (here the tiny kitchen, one epoch), then open the run.
-result = api.train(
-    "examples/imu2clip_quickstart.yaml",
-    overrides=["data.dataset.preset=tiny", "stages.0.epochs=1"],
-    run_dir="runs/api-demo",
-)
-run = api.load_run(result.run_dir)
-print(run.spec.uid, run.summary["metrics"]["weighted_f1"])
-
-# Export the frozen sensor encoder: using the export needs neither the dataset nor the video side.
-api.export(result.run_dir, "exports/api-demo")
-encoder = api.load_encoder("exports/api-demo")
-
-# One raw window: the export's channels in order, encoder.window_samples samples at encoder.rate_hz (NaN allowed).
-window = np.random.default_rng(0).normal(size=(len(encoder.channel_names), encoder.window_samples))
-embedding = encoder(window)  # torch.Tensor [P], the features the run's linear probe reads
-probabilities = encoder.predict_proba(window)  # [K], in encoder.class_names order
-print(embedding.shape, encoder.class_names[int(probabilities.argmax())])
-"""
+def readme_api_example() -> str:
+    """The README's Python API block, run as written from the repository root."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Python API, export and predict") :]
+    return section[section.index("```python\n") + len("```python\n") : section.index("\n```\n")]
 
 
 def run_cli(capsys, *argv):
@@ -361,7 +343,7 @@ def test_readme_api_example_runs(tmp_path, monkeypatch):
     (tmp_path / "examples").symlink_to(ROOT / "examples")  # the repository's specs, runs written in tmp_path
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
-    exec(compile(README_API_EXAMPLE, "README.md", "exec"), namespace)
+    exec(compile(readme_api_example(), "README.md", "exec"), namespace)
     assert namespace["embedding"].shape == (128,)
     assert namespace["probabilities"].shape == (len(namespace["encoder"].class_names),)
     assert (tmp_path / "exports" / "api-demo" / "export.json").is_file()
