@@ -2,7 +2,9 @@
 
 torch starts one intra-op thread per core it sees. Two things oversubscribe the cores: DataLoader workers
 (each a process rendering or decoding samples; torch gives each worker one thread) and several torchrun
-processes on one node. `auto` gives the training process the cores that are left, at least one.
+processes on one node. `auto` gives the training process the cores that are left, at least one, and never
+more threads than the process already runs with: a caller (or a parent before a fork) that lowered the
+count keeps it, and a forked child never starts a new OpenMP thread team, which can deadlock after fork.
 """
 
 from __future__ import annotations
@@ -21,15 +23,20 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def choose_threads(requested: int | str, data_workers: int, cores: int, local_processes: int, current: int) -> int:
+    """The intra-op thread count for `runtime.threads` (see the module docstring)."""
+    if requested != "auto":
+        return int(requested)
+    return max(1, min(current, cores // max(local_processes, 1) - data_workers))
+
+
 def configure_threads(threads: int | str, data_workers: int) -> dict[str, Any]:
     """Set torch's intra-op thread count for `runtime.threads` and return what was chosen, for env.json."""
     cores = usable_cores()
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    if threads == "auto":
-        chosen = max(1, cores // max(local_processes, 1) - data_workers)
-    else:
-        chosen = int(threads)
-    torch.set_num_threads(chosen)
+    chosen = choose_threads(threads, data_workers, cores, local_processes, torch.get_num_threads())
+    if chosen != torch.get_num_threads():
+        torch.set_num_threads(chosen)
     return {
         "requested": threads,
         "intra_op": torch.get_num_threads(),
