@@ -122,6 +122,11 @@ class EvalSpec(StrictModel):
 
     evaluators: list[Any] = Field(default_factory=list, description="Evaluators run after training.")
     checkpoint: Literal["best", "last"] = Field("best", description="Which checkpoint is evaluated.")
+    split: Literal["test", "val"] = Field(
+        "test",
+        description="The split the evaluators score, each fitted on the train split: test (the reported "
+        "numbers) or val (the validation subjects: for choosing hyperparameters without seeing the test ones).",
+    )
 
 
 class RuntimeSpec(StrictModel):

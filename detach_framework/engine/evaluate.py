@@ -80,7 +80,8 @@ def evaluate_run(session: Session, run: RunDirectory, out_dir: Path | None = Non
     with `out_dir` (see `reevaluate_run`) one in out_dir, with the plots in out_dir/plots."""
     spec = session.spec
     state, path = load_evaluated_checkpoint(session, run)
-    train, test = embed_split(session, "train"), embed_split(session, "test")
+    # `test` is whichever split eval.split names: evaluators score it and never learn which one it is.
+    train, test = embed_split(session, "train"), embed_split(session, spec.eval.split)
     plots_dir = run.plots if out_dir is None else out_dir / "plots"
     context = EvalContext(class_names=list(session.source.class_names), out_dir=plots_dir, seed=spec.seed)
     metrics: dict[str, float] = {}
@@ -103,7 +104,8 @@ def evaluate_run(session: Session, run: RunDirectory, out_dir: Path | None = Non
         "stage": state.get("stage"),
         "epochs_done": state.get("epochs_done"),
         "train_samples": int(len(train.labels)),
-        "test_samples": int(len(test.labels)),
+        "split": spec.eval.split,
+        f"{spec.eval.split}_samples": int(len(test.labels)),
         "metrics": metrics,
         "tables": tables,
         "plots": plots,
@@ -144,9 +146,10 @@ def evaluate_run_directory(
 
 
 def format_summary(summary: dict[str, Any]) -> str:
+    split = summary.get("split", "test")  # summaries written before eval.split scored the test split
     lines = [
         f"run {summary['name']} / {summary['uid']} ({summary['checkpoint']}, "
-        f"{summary['train_samples']} train / {summary['test_samples']} test windows)"
+        f"{summary['train_samples']} train / {summary[f'{split}_samples']} {split} windows)"
     ]
     width = max((len(k) for k in summary["metrics"]), default=10)
     lines += [f"  {key:<{width}}  {value:.4f}" for key, value in summary["metrics"].items()]

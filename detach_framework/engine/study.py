@@ -1,7 +1,7 @@
 """Ablation studies: a base spec, named variants (override sets) and seeds -> runs, study.csv, study_paired.csv,
 study.md, a plot.
 
-Each run lives in `<study dir>/runs/<uid>/`; a run whose summary.json exists is complete and skipped, an
+Each run lives in `<study dir>/runs/<uid>/` (or the study's `runs_dir`, which several studies may share); a run whose summary.json exists is complete and skipped, an
 interrupted one is resumed. Runs go one after another in this process, or `jobs` at a time as
 `python -m detach_framework train` subprocesses (each with its share of the CPU threads). The uid leaves the
 eval section out, so variants differing only in eval.* share one trained run: one of them trains it, the others
@@ -56,6 +56,12 @@ class StudySpec(BaseModel):
     )
     metrics: list[str] = Field(
         default_factory=lambda: ["weighted_f1", "macro_map"], min_length=1, description="Columns of the table."
+    )
+    runs_dir: str = Field(
+        "runs",
+        description="Where the run directories live, relative to the study's output directory. Studies naming "
+        "the same directory share every run whose spec uid they have in common: it trains once and each study "
+        "evaluates it under its own eval section.",
     )
 
     @model_validator(mode="after")
@@ -174,6 +180,9 @@ def plan(
     study_file = Path(study_file)
     study = load_study(study_file)
     base = (study_file.parent / study.base).resolve()
+    # Normalised, not resolved: "@variant" references put this path into specs (and so into their uids),
+    # which must not change with the default layout, and must agree between studies sharing the directory.
+    runs_dir = Path(os.path.normpath(out_dir / study.runs_dir))
     runs: list[PlannedRun] = []
     noted: dict[str, None] = {}  # a variant's dropped keys are the same for every seed: say so once
     for variant, values in study.all_variants().items():
@@ -188,7 +197,7 @@ def plan(
             except UserError as exc:
                 raise UserError(f"{study_file}: variant '{variant}' (seed {seed}): {exc}") from None
             noted.update(dict.fromkeys(f"variant '{variant}': {line}" for line in notes))
-            runs.append(PlannedRun(variant, seed, spec, out_dir / "runs" / spec.uid))
+            runs.append(PlannedRun(variant, seed, spec, runs_dir / spec.uid))
     for line in noted:
         print_note(line)
     return study, _share_trained_runs(runs, registry)

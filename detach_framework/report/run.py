@@ -224,11 +224,12 @@ def _write_run_report(run: Any, host: Any, log: Callable[[str], None]) -> Path:
         summary = json.loads(run.summary_file.read_text(encoding="utf-8"))
     sections, info = run_sections(run, host, log)
     name = summary.get("name") or run.path.name
+    split = summary.get("split", "test")
     meta = [
         ("run directory", str(run.path)),
         ("uid", summary.get("uid", "-")),
         ("checkpoint", info.get("checkpoint", summary.get("checkpoint", "-"))),
-        ("train / test windows", f"{summary.get('train_samples', '-')} / {summary.get('test_samples', '-')}"),
+        (f"train / {split} windows", f"{summary.get('train_samples', '-')} / {summary.get(f'{split}_samples', '-')}"),
     ]
     body = [
         f"<h1>Run report: {esc(name)}</h1>",

@@ -32,6 +32,12 @@ class TemporalParams(ComponentParams):
         "cross_modal",
         description="S_tm from cos(h'_v,i, h'_s,j) (paper) or the mean of the within-modality cosines (code).",
     )
+    temporal_weight_after_epochs: int = Field(
+        0,
+        ge=0,
+        description="Plain InfoNCE (W = 1) for the stage's first N epochs, the weighted L_CL after them "
+        "(0: weighted from the first step, as in the paper). For measuring whether W needs aligned g_v, g_s.",
+    )
     s2v_weights: Literal["same", "transposed"] = Field(
         "same",
         description="In L_s2v, sensor anchor i weights negative video j by W_ij, the same W as L_v2s (paper), "
@@ -41,6 +47,13 @@ class TemporalParams(ComponentParams):
 
 def pairwise_cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T
+
+
+def s_tm_matrix(hm_v: torch.Tensor, hm_s: torch.Tensor, mode: str = "cross_modal") -> torch.Tensor:
+    """S_tm = ReLU(cos(h'_v,i, h'_s,j)) (cross_modal) or ReLU((cos(h'_v,i, h'_v,j) + cos(h'_s,i, h'_s,j)) / 2)."""
+    if mode == "cross_modal":
+        return pairwise_cos(hm_v, hm_s).relu()
+    return ((pairwise_cos(hm_v, hm_v) + pairwise_cos(hm_s, hm_s)) / 2).relu()
 
 
 @float32
@@ -66,12 +79,11 @@ def negative_weights(
     if spatial_weight:
         weights = weights * (1 + (lambda_hard - 1) * s_sp)
     if temporal_weight:
-        if temporal_similarity == "cross_modal":
-            s_tm = pairwise_cos(hm_v, hm_s).relu()
-        else:
-            s_tm = ((pairwise_cos(hm_v, hm_v) + pairwise_cos(hm_s, hm_s)) / 2).relu()
-        weights = weights * (1 - s_sp * s_tm)
+        weights = weights * (1 - s_sp * s_tm_matrix(hm_v, hm_s, temporal_similarity))
     return weights.fill_diagonal_(0.0)
+
+
+NEGATIVE_TYPES = ("false", "hard", "easy")
 
 
 def negative_types(labels: torch.Tensor, fixtures: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -101,15 +113,16 @@ class TemporalAligner(AlignerBase):
         self.loss = loss
         self.momentum_video = copy.deepcopy(model.video_temporal_head).requires_grad_(False)
         self.momentum_sensor = copy.deepcopy(model.sensor_temporal_encoder).requires_grad_(False)
-        self._sums = {"false": 0.0, "hard": 0.0, "easy": 0.0}
-        self._counts = {"false": 0, "hard": 0, "easy": 0}
+        self._epoch = 1
+        self._sums: dict[str, float] = {}  # "w_false", "s_tm_hard", ...: this epoch's sums per negative type
+        self._counts = dict.fromkeys(NEGATIVE_TYPES, 0)
         self._reset_reservoir()
 
     def _reset_reservoir(self) -> None:
         # Bottom-k sampling by random keys: a uniform sample of bounded size whatever the epoch length.
         # A private generator so the analysis never shifts the training RNG.
         self._sample_gen = torch.Generator().manual_seed(0)
-        self._samples = {kind: (torch.empty(0), torch.empty(0)) for kind in self._sums}
+        self._samples = {kind: (torch.empty(0), torch.empty(0)) for kind in NEGATIVE_TYPES}
 
     def _reservoir_add(self, kind: str, values: torch.Tensor) -> None:
         kept, keys = self._samples[kind]
@@ -143,13 +156,21 @@ class TemporalAligner(AlignerBase):
                 b_ema.copy_(b)
 
     def on_epoch_start(self, epoch: int) -> None:
-        self._sums = dict.fromkeys(self._sums, 0.0)
-        self._counts = dict.fromkeys(self._counts, 0)
+        self._epoch = epoch
+        self._sums = {}
+        self._counts = dict.fromkeys(NEGATIVE_TYPES, 0)
         self._reset_reservoir()
 
+    @property
+    def weighting(self) -> bool:
+        """Whether this epoch trains with the weighted L_CL (else plain InfoNCE, see temporal_weight_after_epochs)."""
+        return self._epoch > self.params.temporal_weight_after_epochs
+
     def on_epoch_end(self, model: nn.Module) -> dict[str, Any]:
+        # Per negative type, the mean W the loss used and the mean S_tm of the momentum encoders (the analysis
+        # of whether S_tm tells false negatives from hard ones).
         record: dict[str, Any] = {
-            f"w_{kind}": self._sums[kind] / self._counts[kind] for kind in self._sums if self._counts[kind]
+            key: total / self._counts[key.rsplit("_", 1)[1]] for key, total in self._sums.items()
         }
         # Fixed quantiles (0, 0.05, ..., 1) of the sampled W per type: `detach report` draws their CDFs.
         for kind, (values, _) in self._samples.items():
@@ -174,9 +195,12 @@ class TemporalAligner(AlignerBase):
         h_s = gather_with_grad(model.sensor_temporal_encoder(batch["sensor"]))
         loss, weights = self.weighted_loss(z_v, z_s, hm_v, hm_s, h_v, h_s)
         if self.training and "fixture" in batch:
+            s_tm = s_tm_matrix(hm_v, hm_s, self.params.temporal_similarity)
             for kind, mask in negative_types(gather(batch["label"]), gather(batch["fixture"])).items():
                 if mask.any():
-                    self._sums[kind] += float(weights[mask].sum())
+                    for name, values in (("w", weights), ("s_tm", s_tm)):
+                        key = f"{name}_{kind}"
+                        self._sums[key] = self._sums.get(key, 0.0) + float(values[mask].sum())
                     self._counts[kind] += int(mask.sum())
                     self._reservoir_add(kind, weights[mask])
         return {"loss": loss, "w_mean": weights.sum() / max(weights.numel() - len(weights), 1)}
@@ -199,8 +223,8 @@ class TemporalAligner(AlignerBase):
             hm_v,
             hm_s,
             lambda_hard=p.lambda_hard,
-            spatial_weight=p.spatial_weight,
-            temporal_weight=p.temporal_weight,
+            spatial_weight=p.spatial_weight and self.weighting,
+            temporal_weight=p.temporal_weight and self.weighting,
             temporal_similarity=p.temporal_similarity,
         )
         u_v = torch.cat([F.normalize(z_v, dim=-1), F.normalize(h_v, dim=-1)], dim=-1)
