@@ -1,11 +1,11 @@
 """Ablation studies: a base spec, named variants (override sets) and seeds -> runs, study.csv, study_paired.csv,
 study.md, a plot.
 
-Each run lives in `<study dir>/runs/<uid>/` (or the study's `runs_dir`, which several studies may share); a run whose summary.json exists is complete and skipped, an
-interrupted one is resumed. Runs go one after another in this process, or `jobs` at a time as
-`python -m detach_framework train` subprocesses (each with its share of the CPU threads). The uid leaves the
-eval section out, so variants differing only in eval.* share one trained run: one of them trains it, the others
-are `detach eval` subprocesses writing `<run>/eval/<eval-uid>/`.
+Each run lives in `<study dir>/runs/<uid>/` (or the study's `runs_dir`, which several studies may share); a run
+whose summary.json exists is complete and skipped, an interrupted one is resumed. Runs go one after another in
+this process, or `jobs` at a time as `python -m detach_framework train` subprocesses (each with its share of the
+CPU threads). The uid leaves the eval section out, so variants differing only in eval.* share one trained run:
+one of them trains it, the others are `detach eval` subprocesses writing `<run>/eval/<eval-uid>/`.
 """
 
 from __future__ import annotations
