@@ -169,9 +169,7 @@ class TemporalAligner(AlignerBase):
     def on_epoch_end(self, model: nn.Module) -> dict[str, Any]:
         # Per negative type, the mean W the loss used and the mean S_tm of the momentum encoders (the analysis
         # of whether S_tm tells false negatives from hard ones).
-        record: dict[str, Any] = {
-            key: total / self._counts[key.rsplit("_", 1)[1]] for key, total in self._sums.items()
-        }
+        record: dict[str, Any] = {key: total / self._counts[key.rsplit("_", 1)[1]] for key, total in self._sums.items()}
         # Fixed quantiles (0, 0.05, ..., 1) of the sampled W per type: `detach report` draws their CDFs.
         for kind, (values, _) in self._samples.items():
             if len(values):
