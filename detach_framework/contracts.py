@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from detach_framework.errors import UserError
 from detach_framework.registry import ComponentParams
 
 if TYPE_CHECKING:
@@ -55,6 +56,7 @@ class VideoBackboneParams(ComponentParams):
     frozen: bool = False
 
 
+@runtime_checkable
 class VideoBackbone(Protocol):
     """video_backbone factory(params) -> nn.Module.
 
@@ -70,6 +72,7 @@ class VideoBackbone(Protocol):
     def __call__(self, video: torch.Tensor) -> torch.Tensor: ...
 
 
+@runtime_checkable
 class VideoHead(Protocol):
     """video_head factory(params, in_dim: int) -> nn.Module; forward(maps [B,T,D,h,w]) -> [B, out_dim]."""
 
@@ -78,6 +81,7 @@ class VideoHead(Protocol):
     def __call__(self, maps: torch.Tensor) -> torch.Tensor: ...
 
 
+@runtime_checkable
 class SensorEncoder(Protocol):
     """sensor_encoder factory(params, in_channels: int, length: int) -> nn.Module.
 
@@ -89,59 +93,138 @@ class SensorEncoder(Protocol):
     def __call__(self, sensor: torch.Tensor) -> torch.Tensor: ...
 
 
-class ContrastiveLoss(Protocol):
-    """loss factory(params) -> nn.Module.
+class Loss(nn.Module):
+    """loss factory(params) -> an instance of one of the calling conventions below; forward -> float32 scalar.
 
-    forward(video [B, E], sensor [B, E], weights [B, B] or None) -> scalar; weights scale negatives
-    (row i: those of anchor i, in both directions). An aligner that weights the sensor-to-video direction
-    differently also passes `s2v_weights` [B, B] (detach_temporal with s2v_weights: transposed).
+    The convention is what an aligner checks: it takes the stage's loss (an aligner with an objective of its own
+    builds its default one from its params when the stage names none) and raises UnusableLoss for a loss of
+    another convention, which the trainer reports naming the stage and the loss. A loss that compares samples
+    across the batch gathers them from every process itself (`engine.distributed.gather_with_grad`, as
+    open_clip's ClipLoss does), so aligners pass this process's rows; a loss that scores each sample on its own
+    gathers nothing.
     """
 
-    def __call__(
+
+class ContrastiveLoss(Loss):
+    """Paired video and sensor embeddings, row i of each a positive pair (built-in: infonce). The aligners of
+    paired embeddings call it: global_contrastive, primus, evi_mae, detach_temporal (they also accept any
+    other nn.Module of this call that is not a Loss).
+
+    forward(video [B, E], sensor [B, E], weights [N, N] | None, s2v_weights [N, N] | None) -> scalar, where the
+    loss gathers video and sensor from every process (N = B x processes, the global batch): `weights` scale the
+    negatives (row i: those of anchor i, in both directions); an aligner that weights the sensor-to-video
+    direction differently also passes `s2v_weights` (detach_temporal with s2v_weights: transposed).
+    """
+
+    def forward(
         self,
         video: torch.Tensor,
         sensor: torch.Tensor,
         weights: torch.Tensor | None = None,
         s2v_weights: torch.Tensor | None = None,
-    ) -> torch.Tensor: ...
+    ) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must implement forward")
 
 
+class ViewLoss(Loss):
+    """Two augmented views of each window, row i of each (built-in: primus_ssl, PRIMUS's self-supervision).
+
+    forward(first [B, P], second [B, P], support [K, P]) -> scalar; `support` holds past embeddings the loss
+    may draw positives from (K may be 0). On this process's batch: its support is this process's queue.
+    """
+
+    def forward(self, first: torch.Tensor, second: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must implement forward")
+
+
+class DistillationLoss(Loss):
+    """A teacher's similarity distribution over a bank of teacher embeddings, taught to a student (built-in:
+    comodo_distillation; aligner comodo).
+
+    forward(teacher [B, E], student [B, E], bank [K, E]) -> scalar; each sample against the bank alone.
+    """
+
+    def forward(self, teacher: torch.Tensor, student: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must implement forward")
+
+
+class ReconstructionLoss(Loss):
+    """Masked-token reconstruction (built-in: masked_reconstruction; aligner evi_mae).
+
+    forward(prediction [..., F], target [..., F], mask [...] bool, True = masked) -> scalar over the masked
+    tokens; each token on its own.
+    """
+
+    def forward(self, prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must implement forward")
+
+
+class UnusableLoss(UserError):
+    """An aligner was given a stage loss it cannot call: the trainer names the stage and the loss."""
+
+
+@runtime_checkable
 class Clusterer(Protocol):
     """clusterer factory(params, num_samples: int, dim: int) -> nn.Module holding its state as buffers.
 
-    assign(features [B, dim]) -> labels [B] int64.
+    What stage 1 (detach_spatial) needs from it. Features are [B, dim] sensor embeddings; the training samples
+    are known by their `index` in the train split (0 .. num_samples-1), each with a row of the memory bank.
+      k                               number of clusters
+      bank [num_samples, dim]         the (L2-normalised) features it clusters, one row per training sample
+      labels [num_samples] int64      each training sample's cluster: the pseudo-labels stage 1 trains on
+      centroids [k, dim]              one per cluster (with bank and labels, broadcast from rank 0 at start)
+      initialize(features [num_samples, dim], seed)
+                                      at stage start, from the whole train split's features (seeded)
+      update_bank(indices [B], features [B, dim]) -> float
+                                      after each optimizer step, the batch's new features; returns the
+                                      fraction of these samples whose label changed (logged per epoch)
+      update_centroids()              at each epoch end (labels may change here too)
+      confidence(quantile) -> [num_samples] bool
+                                      whether each training sample is close to its centroid (stage 1 trains
+                                      the video side on these, refines the sensor side on the others)
+      sizes() -> [k] int64            training samples per cluster
+      logits(features) -> [B, k]      the scores the sensor side is trained with, against labels
+      assign(features) -> [B] int64   the nearest cluster of samples outside the bank (validation windows)
+      class_weights() -> [k] float    per-cluster weights of the clustering loss
+      augment(sensor [B, C, L], generator) -> [B, C, L]
+                                      the training view of the windows whose features it clusters, drawn
+                                      from `generator` (the ODC's time warp, from the stage's second epoch);
+                                      a clusterer without one returns `sensor` and draws nothing
     """
+
+    k: int
+    bank: torch.Tensor
+    labels: torch.Tensor
+    centroids: torch.Tensor
+
+    def initialize(self, features: torch.Tensor, seed: int) -> None: ...
+
+    def update_bank(self, indices: torch.Tensor, features: torch.Tensor) -> float: ...
+
+    def update_centroids(self) -> None: ...
+
+    def confidence(self, quantile: float) -> torch.Tensor: ...
+
+    def sizes(self) -> torch.Tensor: ...
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor: ...
 
     def assign(self, features: torch.Tensor) -> torch.Tensor: ...
 
+    def class_weights(self) -> torch.Tensor: ...
 
-class Aligner(Protocol):
-    """aligner factory(params, model: AlignmentModel, loss: nn.Module) -> an AlignerBase.
+    def augment(self, sensor: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor: ...
+
+
+class AlignerBase(nn.Module):
+    """aligner factory(params, model: AlignmentModel, loss: nn.Module) -> an AlignerBase (the trainer refuses
+    anything else): the base class of every aligner, declaring the lifecycle the trainer calls.
 
     The aligner may read the model's sizes when built but keeps no reference to it (the model is not
     its submodule); the loss is. forward(model, batch: dict of collated samples on the device) ->
     dict with a scalar 'loss' plus any scalars worth logging. `trainable_modules(model)` names the
     parts of the model this stage trains; the aligner's own parameters always train with the stage.
-    The lifecycle methods below are called by the trainer at their moment; AlignerBase gives no-op defaults.
-    """
-
-    def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
-
-    def trainable_modules(self, model: nn.Module) -> list[nn.Module]: ...
-
-    def on_stage_start(self, model: nn.Module, context: Any) -> None: ...
-
-    def on_epoch_start(self, epoch: int) -> None: ...
-
-    def after_optimizer_step(self, model: nn.Module) -> None: ...
-
-    def on_epoch_end(self, model: nn.Module) -> dict[str, Any]: ...
-
-    def fixed_outputs(self, model: nn.Module) -> dict[str, Callable[[dict[str, torch.Tensor]], torch.Tensor]]: ...
-
-
-class AlignerBase(nn.Module):
-    """The base class of every aligner: the lifecycle the trainer calls, each a no-op here.
+    The lifecycle methods, each a no-op here, are called by the trainer at their moment:
 
     on_stage_start(model, context)  once before the stage's first epoch to train (a StageContext: e.g.
                                     k-means over `context.train_batches()`; skip what the checkpoint restored
@@ -212,6 +295,7 @@ class EvalResult:
     plots: list[Path] = field(default_factory=list)
 
 
+@runtime_checkable
 class Evaluator(Protocol):
     """evaluator factory(params) -> Evaluator."""
 

@@ -13,7 +13,22 @@ from conftest import tiny_spec
 from test_detach import DETACH_MODEL
 from torch import nn
 
-from detach_framework.contracts import SAMPLE_KEYS, EmbeddingSet, EvalContext, EvalResult
+from detach_framework.contracts import (
+    SAMPLE_KEYS,
+    AlignerBase,
+    Clusterer,
+    ContrastiveLoss,
+    DistillationLoss,
+    EmbeddingSet,
+    EvalContext,
+    EvalResult,
+    Evaluator,
+    ReconstructionLoss,
+    SensorEncoder,
+    VideoBackbone,
+    VideoHead,
+    ViewLoss,
+)
 from detach_framework.data.settings import DataSettings
 from detach_framework.engine.model import AlignmentModel
 from detach_framework.errors import UserError
@@ -70,7 +85,8 @@ def test_dataset_contract(component, tmp_path: Path):
 @pytest.mark.parametrize("component", components("video_backbone"))
 def test_video_backbone_contract(component):
     backbone = build_default(component)
-    assert isinstance(backbone, nn.Module) and len(backbone.mean) == 3 and len(backbone.std) == 3
+    assert isinstance(backbone, nn.Module) and isinstance(backbone, VideoBackbone)
+    assert len(backbone.mean) == 3 and len(backbone.std) == 3
     video = torch.randn(2, 2, 3, 64, 64)
     maps = backbone.eval()(video)
     assert maps.shape[:3] == (2, 2, backbone.feature_dim) and maps.dim() == 5
@@ -80,6 +96,7 @@ def test_video_backbone_contract(component):
 @pytest.mark.parametrize("component", components("video_head"))
 def test_video_head_contract(component):
     head = build_default(component, in_dim=12)
+    assert isinstance(head, nn.Module) and isinstance(head, VideoHead)
     # A head declaring input_kind "frames" consumes normalised frames instead of backbone maps.
     frames = getattr(head, "input_kind", "maps") == "frames"
     maps = torch.randn(3, 4, 3, 16, 16) if frames else torch.randn(3, 4, 12, 2, 2)
@@ -90,21 +107,33 @@ def test_video_head_contract(component):
 @pytest.mark.parametrize("component", components("sensor_encoder"))
 def test_sensor_encoder_contract(component):
     encoder = build_default(component, in_channels=5, length=32)
+    assert isinstance(encoder, nn.Module) and isinstance(encoder, SensorEncoder)
     sensor = torch.randn(3, 5, 32)
     assert encoder.eval()(sensor).shape == (3, encoder.out_dim)
     assert_state_dict_round_trip(lambda: component.factory(component.params(), in_channels=5, length=32), (sensor,))
 
 
+# A batch of inputs for each calling convention of contracts.Loss; the first input is the one checked for a gradient.
+LOSS_INPUTS = {
+    ContrastiveLoss: lambda: (torch.randn(4, 8), torch.randn(4, 8), torch.ones(4, 4) - torch.eye(4)),
+    ViewLoss: lambda: (torch.randn(4, 8), torch.randn(4, 8), torch.randn(6, 8)),
+    DistillationLoss: lambda: (torch.randn(4, 8), torch.randn(4, 8), torch.randn(6, 8)),
+    ReconstructionLoss: lambda: (torch.randn(4, 5, 8), torch.randn(4, 5, 8), torch.arange(20).view(4, 5) % 4 > 0),
+}
+
+
 @pytest.mark.parametrize("component", components("loss"))
 def test_loss_contract(component):
     loss = build_default(component)
-    video = torch.randn(4, 8, requires_grad=True)
-    sensor = torch.randn(4, 8)
-    value = loss(video, sensor, torch.ones(4, 4) - torch.eye(4))
+    conventions = [convention for convention in LOSS_INPUTS if isinstance(loss, convention)]
+    assert conventions, f"{type(loss).__name__} derives from none of the calling conventions of contracts.Loss"
+    first, *rest = LOSS_INPUTS[conventions[0]]()
+    first.requires_grad_(True)
+    value = loss(first, *rest)
     assert value.dim() == 0 and torch.isfinite(value)
     value.backward()
-    assert video.grad is not None and torch.isfinite(video.grad).all()
-    assert_state_dict_round_trip(lambda: component.factory(component.params()), (video.detach(), sensor))
+    assert first.grad is not None and torch.isfinite(first.grad).all()
+    assert_state_dict_round_trip(lambda: component.factory(component.params()), (first.detach(), *rest))
 
 
 # Aligners that train one particular component get it in their slot (EVI-MAE reads per-patch tokens).
@@ -130,6 +159,7 @@ def build_aligner(component, model):
 def test_aligner_contract(component):
     model = tiny_model(component.name)
     aligner = build_aligner(component, model)
+    assert isinstance(aligner, AlignerBase)  # the trainer refuses anything else
     assert not any(p is q for p in aligner.parameters() for q in model.parameters()), "model is not a submodule"
     batch = {
         "video": torch.randint(0, 255, (4, 4, 3, 32, 32), dtype=torch.uint8),
@@ -167,6 +197,7 @@ def test_evaluator_contract(component, tmp_path: Path):
         )
 
     evaluator = build_default(component)
+    assert isinstance(evaluator, Evaluator)
     result = evaluator.evaluate(split(30), split(12), EvalContext(["a", "b", "c"], tmp_path, seed=0))
     assert isinstance(result, EvalResult) and result.metrics
     assert all(np.isfinite(v) for v in result.metrics.values())
@@ -175,6 +206,28 @@ def test_evaluator_contract(component, tmp_path: Path):
 
 @pytest.mark.parametrize("component", components("clusterer"))
 def test_clusterer_contract(component):
+    """Every member stage 1 uses (contracts.Clusterer), in its order of use, then a state_dict round trip."""
     clusterer = build_default(component, num_samples=20, dim=8)
+    assert isinstance(clusterer, nn.Module) and isinstance(clusterer, Clusterer)
     labels = clusterer.assign(torch.randn(5, 8))
     assert labels.shape == (5,) and labels.dtype == torch.int64
+    k = clusterer.k
+    clusterer.initialize(torch.randn(20, 8, generator=torch.Generator().manual_seed(0)), seed=0)
+    assert clusterer.bank.shape == (20, 8) and clusterer.labels.shape == (20,) and clusterer.centroids.shape == (k, 8)
+    sensor = torch.randn(3, 5, 32)
+    assert clusterer.augment(sensor, torch.Generator().manual_seed(0)).shape == sensor.shape
+    features = torch.randn(5, 8)
+    assert clusterer.logits(features).shape == (5, k)
+    weights = clusterer.class_weights()
+    assert weights.shape == (k,) and torch.isfinite(weights).all() and (weights > 0).all()
+    changed = clusterer.update_bank(torch.arange(5), features)
+    assert isinstance(changed, float) and 0 <= changed <= 1
+    clusterer.update_centroids()
+    sizes = clusterer.sizes()
+    assert sizes.shape == (k,) and int(sizes.sum()) == 20  # (a label >= k would lengthen the bincount)
+    confident = clusterer.confidence(0.75)
+    assert confident.shape == (20,) and confident.dtype == torch.bool
+    restored = build_default(component, num_samples=20, dim=8)
+    restored.load_state_dict(clusterer.state_dict())
+    assert torch.equal(restored.logits(features), clusterer.logits(features))
+    assert torch.equal(restored.labels, clusterer.labels)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from detach_framework.contracts import AlignerBase
+from detach_framework.contracts import AlignerBase, UnusableLoss
 from detach_framework.engine import distributed
 from detach_framework.engine.checkpoint import BEST, LAST, load_checkpoint, load_latest, save_checkpoint
 from detach_framework.engine.fixed_outputs import WithFixedOutputs, compute_fixed_outputs
@@ -88,7 +88,10 @@ class Trainer:
         stage = self.spec.stages[index]
         registry = self.host.registry
         loss = registry.build("loss", stage.loss) if stage.loss is not None else None
-        aligner = registry.build("aligner", stage.aligner, model=self.model, loss=loss)
+        try:
+            aligner = registry.build("aligner", stage.aligner, model=self.model, loss=loss)
+        except UnusableLoss as exc:  # the aligner says why; the stage and the loss's name are known here
+            raise UserError(f"stages.{index}.loss '{stage.loss.name}' of stage '{stage.name}': {exc}") from None
         if not isinstance(aligner, AlignerBase):
             origin = registry.get("aligner", stage.aligner.name).origin
             raise PluginError(

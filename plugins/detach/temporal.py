@@ -11,10 +11,11 @@ from pydantic import Field
 from torch import nn
 
 from detach_framework.contracts import AlignerBase
-from detach_framework.engine.distributed import gather, gather_with_grad
+from detach_framework.engine.distributed import gather
 from detach_framework.engine.precision import float32
 from detach_framework.errors import UserError
 from detach_framework.registry import ComponentParams
+from detach_plugins.losses import require_contrastive
 
 # Per negative type and epoch, at most this many W values are kept (a uniform sample) for the quantiles.
 W_RESERVOIR = 4096
@@ -109,6 +110,7 @@ class TemporalAligner(AlignerBase):
             raise UserError("aligner detach_temporal needs model.video_temporal_head and model.sensor_temporal_encoder")
         if loss is None:
             raise UserError("aligner detach_temporal needs a stage loss (e.g. name: infonce, temperature: 0.1)")
+        require_contrastive("detach_temporal", loss)
         self.params = params
         self.loss = loss
         self.momentum_video = copy.deepcopy(model.video_temporal_head).requires_grad_(False)
@@ -186,14 +188,12 @@ class TemporalAligner(AlignerBase):
             video_input = model.video_temporal_input(batch)
             z_v = batch[FIXED_Z_V] if FIXED_Z_V in batch else model.encode_video(batch)
             z_s = batch[FIXED_Z_S] if FIXED_Z_S in batch else model.encode_sensor(batch)
-            z_v, z_s = gather(z_v), gather(z_s)
-            hm_v, hm_s = gather(self.momentum_video(video_input)), gather(self.momentum_sensor(batch["sensor"]))
-        # W and the loss are built on the global batch when several processes train together.
-        h_v = gather_with_grad(model.video_temporal_head(video_input))
-        h_s = gather_with_grad(model.sensor_temporal_encoder(batch["sensor"]))
+            hm_v, hm_s = self.momentum_video(video_input), self.momentum_sensor(batch["sensor"])
+        h_v = model.video_temporal_head(video_input)
+        h_s = model.sensor_temporal_encoder(batch["sensor"])
         loss, weights = self.weighted_loss(z_v, z_s, hm_v, hm_s, h_v, h_s)
         if self.training and "fixture" in batch:
-            s_tm = s_tm_matrix(hm_v, hm_s, self.params.temporal_similarity)
+            s_tm = s_tm_matrix(gather(hm_v), gather(hm_s), self.params.temporal_similarity)
             for kind, mask in negative_types(gather(batch["label"]), gather(batch["fixture"])).items():
                 if mask.any():
                     for name, values in (("w", weights), ("s_tm", s_tm)):
@@ -213,13 +213,17 @@ class TemporalAligner(AlignerBase):
         h_v: torch.Tensor,
         h_s: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss, W) from the embeddings, in float32 whatever precision the encoders ran in."""
+        """(loss, W) from this process's embeddings, in float32 whatever precision the encoders ran in.
+
+        W is built on the global batch when several processes train together (the frozen embeddings are
+        gathered here); the loss gathers u_v and u_s itself, with gradients.
+        """
         p = self.params
         weights = negative_weights(
-            z_v,
-            z_s,
-            hm_v,
-            hm_s,
+            gather(z_v),
+            gather(z_s),
+            gather(hm_v),
+            gather(hm_s),
             lambda_hard=p.lambda_hard,
             spatial_weight=p.spatial_weight and self.weighting,
             temporal_weight=p.temporal_weight and self.weighting,

@@ -10,6 +10,8 @@ round(queue_ratio * N_train) rows and starts filled with the teacher embeddings 
 the training set (at stage start; a resumed stage takes the queue from the checkpoint). COMODO's schedule
 (AdamW lr 3e-4, 10% linear warm-up) is the stage's optimizer settings (`warmup_fraction: 0.1`).
 Unlike the original, the queue's samples are not held out of the first epoch.
+L is the `comodo_distillation` loss (detach_plugins.losses): the stage's, or without one built at the aligner's
+teacher_temperature and student_temperature.
 """
 
 from __future__ import annotations
@@ -21,19 +23,32 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from detach_framework.contracts import AlignerBase
+from detach_framework.contracts import AlignerBase, DistillationLoss, UnusableLoss
 from detach_framework.engine.precision import float32
 from detach_framework.errors import UserError
 from detach_framework.plugins import hookimpl
-from detach_framework.registry import MAX_WIDTH, ComponentParams
+from detach_framework.registry import MAX_WIDTH, ComponentParams, Register
+from detach_plugins.losses.distillation import (  # noqa: F401 - distillation_loss imported from here too
+    STUDENT_TEMPERATURE,
+    TEACHER_TEMPERATURE,
+    ComodoDistillationLoss,
+    ComodoDistillationParams,
+    distillation_loss,
+)
 
 from .queues import FeatureQueue
+
+TEMPERATURES = ("teacher_temperature", "student_temperature")
 
 
 class ComodoParams(ComponentParams):
     queue_ratio: float = Field(0.1, gt=0, le=1, description="Queue size as a fraction of the training set.")
-    teacher_temperature: float = Field(0.1, gt=0, description="Temperature of the teacher's distribution.")
-    student_temperature: float = Field(0.05, gt=0, description="Temperature of the student's distribution.")
+    teacher_temperature: float = Field(
+        TEACHER_TEMPERATURE, gt=0, description="Temperature of the teacher's distribution (without a stage loss)."
+    )
+    student_temperature: float = Field(
+        STUDENT_TEMPERATURE, gt=0, description="Temperature of the student's distribution (without a stage loss)."
+    )
     projector: Literal["none", "linear", "mlp"] = Field(
         "none",
         description="Student head onto the teacher space; none keeps the sensor embedding in the video space "
@@ -48,29 +63,39 @@ class ComodoParams(ComponentParams):
 
 
 @float32
-def distillation_loss(
-    teacher: torch.Tensor, student: torch.Tensor, bank: torch.Tensor, teacher_tau: float, student_tau: float
-) -> torch.Tensor:
-    """Cross-entropy between the teacher's and the student's similarity distributions over `bank`."""
-    teacher, student = F.normalize(teacher, dim=-1), F.normalize(student, dim=-1)
-    bank = F.normalize(bank, dim=-1).detach()
-    target = F.softmax(teacher @ bank.T / teacher_tau, dim=1)
-    return -(target * F.log_softmax(student @ bank.T / student_tau, dim=1)).sum(dim=1).mean()
-
-
-@float32
 @torch.no_grad()
 def top1_agreement(teacher: torch.Tensor, student: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
     """How often the student's most similar bank entry is the teacher's."""
     return ((teacher @ bank.T).argmax(1) == (F.normalize(student, dim=-1) @ bank.T).argmax(1)).float().mean()
 
 
+def distillation(params: ComodoParams, loss: nn.Module | None) -> nn.Module:
+    """The stage's distillation loss, or (none given) comodo_distillation at the aligner's temperatures."""
+    if loss is None:
+        return ComodoDistillationLoss(
+            ComodoDistillationParams(**{name: getattr(params, name) for name in TEMPERATURES})
+        )
+    if not isinstance(loss, DistillationLoss):
+        raise UnusableLoss(
+            f"aligner comodo distils the teacher's similarities, which {type(loss).__name__} does not take: use a "
+            "distillation loss (name: comodo_distillation) or none"
+        )
+    # A stage loss brings its own temperatures: one set in the aligner as well would be silently ignored.
+    ignored = [
+        f"{name} {getattr(params, name)}"
+        for name in TEMPERATURES
+        if getattr(params, name) != ComodoParams.model_fields[name].default
+    ]
+    if ignored:
+        raise UnusableLoss(f"aligner comodo's {' and '.join(ignored)} would be ignored: set it in the stage loss")
+    return loss
+
+
 class ComodoAligner(AlignerBase):
     def __init__(self, params: ComodoParams, model: nn.Module, loss: nn.Module | None) -> None:
         super().__init__()
-        if loss is not None:
-            raise UserError("aligner comodo has its own distillation loss: remove the stage's `loss`")
         self.params = params
+        self.loss = distillation(params, loss)
         teacher_dim, student_dim = int(model.video_head.out_dim), int(model.sensor_encoder.out_dim)
         if params.projector == "none":
             if teacher_dim != student_dim:
@@ -116,7 +141,7 @@ class ComodoAligner(AlignerBase):
         if p.center_teacher:
             centre = bank.mean(dim=0, keepdim=True)
             teacher, bank = F.normalize(teacher - centre, dim=-1), F.normalize(bank - centre, dim=-1)
-        loss = distillation_loss(teacher, student, bank, p.teacher_temperature, p.student_temperature)
+        loss = self.loss(teacher, student, bank)
         agreement = top1_agreement(teacher, student, bank)
         if self.training:  # validation reads the queue but never fills it
             self.queue.push(target)
@@ -124,8 +149,8 @@ class ComodoAligner(AlignerBase):
 
 
 @hookimpl
-def detach_register_components(registry) -> None:
-    registry.add(
+def detach_register_components(register: Register) -> None:
+    register(
         kind="aligner",
         name="comodo",
         factory=ComodoAligner,

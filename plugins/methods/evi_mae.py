@@ -24,7 +24,8 @@ independently leaks nothing through time. L_video is the MSE over the masked tok
 
 As in CAV-MAE, the contrastive term (the stage loss, e.g. infonce) compares the pooled embeddings of the
 masked inputs, one forward pass per modality. The video backbone must be trainable (masked frames go through
-it); a frozen backbone needs video_weight 0.
+it); a frozen backbone needs video_weight 0. L_video and L_sensor are the `masked_reconstruction` loss
+(detach_plugins.losses), which the aligner builds.
 """
 
 from __future__ import annotations
@@ -37,10 +38,15 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from detach_framework.contracts import AlignerBase
-from detach_framework.engine.precision import float32
 from detach_framework.errors import UserError
 from detach_framework.plugins import hookimpl
-from detach_framework.registry import MAX_SENSOR_LENGTH, MAX_WIDTH, ComponentParams
+from detach_framework.registry import MAX_SENSOR_LENGTH, MAX_WIDTH, ComponentParams, Register
+from detach_plugins.losses import require_contrastive
+from detach_plugins.losses.reconstruction import (  # noqa: F401 - masked_mse imported from here too
+    MaskedReconstructionLoss,
+    MaskedReconstructionParams,
+    masked_mse,
+)
 
 
 def random_mask(batch: int, tokens: int, ratio: float, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -54,14 +60,6 @@ def random_mask(batch: int, tokens: int, ratio: float, device: torch.device | st
 def visible_indices(mask: torch.Tensor) -> torch.Tensor:
     """[B, N] bool mask with the same count per row -> [B, n_visible] int64 positions of the unmasked tokens."""
     return (~mask).nonzero()[:, 1].view(mask.shape[0], -1)
-
-
-@float32
-def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over masked tokens of the per-token mean squared error; pred/target [..., F], mask [...]."""
-    per_token = (pred - target).pow(2).mean(dim=-1)
-    weights = mask.to(per_token.dtype)
-    return (per_token * weights).sum() / weights.sum().clamp(min=1)
 
 
 def patchify_sensor(sensor: torch.Tensor, patch: int) -> torch.Tensor:
@@ -238,6 +236,7 @@ class EviMaeAligner(AlignerBase):
                 raise UserError(
                     "aligner evi_mae needs a stage loss for its contrastive term (or contrastive_weight: 0)"
                 )
+            require_contrastive("evi_mae", loss)
             if model.video_head.out_dim != encoder.out_dim:
                 raise UserError(
                     f"model.video_head.dim ({model.video_head.out_dim}) must equal model.sensor_encoder.dim "
@@ -250,6 +249,7 @@ class EviMaeAligner(AlignerBase):
             )
         self.params = params
         self.loss = loss
+        self.reconstruction = MaskedReconstructionLoss(MaskedReconstructionParams())
         self.video_decoder = nn.Sequential(
             nn.Linear(int(model.video_backbone.feature_dim), params.decoder_hidden),
             nn.GELU(),
@@ -274,7 +274,7 @@ class EviMaeAligner(AlignerBase):
         tokens = F.adaptive_avg_pool2d(maps.flatten(0, 1), grid).view(b, t, -1, *grid).permute(0, 1, 3, 4, 2)
         pred = self.video_decoder(tokens)
         target = video_patch_targets(frames, grid, p.video_target_size)
-        return masked_mse(pred, target, mask.view(b, t, *grid)), model.video_head(maps)
+        return self.reconstruction(pred, target, mask.view(b, t, *grid)), model.video_head(maps)
 
     def sensor_branch(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(masked-patch reconstruction loss, window vector of the visible patches)."""
@@ -284,7 +284,7 @@ class EviMaeAligner(AlignerBase):
         visible = visible_indices(mask)
         tokens = encoder.encode_tokens(sensor, visible)
         pred = self.sensor_decoder(tokens, visible)
-        return masked_mse(pred, encoder.patchify(sensor), mask), encoder.pool(tokens)
+        return self.reconstruction(pred, encoder.patchify(sensor), mask), encoder.pool(tokens)
 
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         p = self.params
@@ -306,8 +306,8 @@ class EviMaeAligner(AlignerBase):
 
 
 @hookimpl
-def detach_register_components(registry) -> None:
-    registry.add(
+def detach_register_components(register: Register) -> None:
+    register(
         kind="sensor_encoder",
         name="evi_mae_sensor",
         factory=EviMaeSensorEncoder,
@@ -315,7 +315,7 @@ def detach_register_components(registry) -> None:
         embedding_field="dim",
         description="EVI-MAE sensor encoder: time-patch tokens, a transformer over the visible ones, mean-pooled.",
     )
-    registry.add(
+    register(
         kind="aligner",
         name="evi_mae",
         factory=EviMaeAligner,

@@ -1,9 +1,9 @@
 """IMU2CLIP adapted to exocentric video + ambient sensors: global alignment with symmetric InfoNCE.
 
 Components: sensor_encoder `imu2clip_sensor` (GroupNorm, conv blocks k10/5/5, GroupNorm, GRU),
-video_head `pooled_projection` (average over frames and space, then a projection), loss `infonce`
-(symmetric, learnable temperature stored as a clamped log scale; optional negative weights), and
-aligner `global_contrastive` (one vector per clip and per window, aligned end to end).
+video_head `pooled_projection` (average over frames and space, then a projection) and aligner
+`global_contrastive` (one vector per clip and per window, aligned end to end by the stage loss, e.g. the
+symmetric InfoNCE `infonce` of detach_plugins.losses).
 """
 
 from __future__ import annotations
@@ -12,16 +12,17 @@ import math
 from typing import Annotated
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
 from detach_framework.contracts import AlignerBase
-from detach_framework.engine.distributed import gather_with_grad
-from detach_framework.engine.precision import float32
 from detach_framework.errors import UserError
 from detach_framework.plugins import hookimpl
-from detach_framework.registry import MAX_SENSOR_LENGTH, MAX_WIDTH, ComponentParams, Width
+from detach_framework.registry import MAX_SENSOR_LENGTH, MAX_WIDTH, ComponentParams, Register, Width
+from detach_plugins.losses import require_contrastive
+
+# IMU2CLIP's loss is the `infonce` component of detach_plugins.losses (imported from here too).
+from detach_plugins.losses.infonce import InfoNceLoss, InfoNceParams, weighted_nce  # noqa: F401
 
 
 class Imu2ClipSensorParams(ComponentParams):
@@ -90,58 +91,6 @@ class PooledProjectionHead(nn.Module):
         return self.project(maps.mean(dim=(1, 3, 4)))
 
 
-class InfoNceParams(ComponentParams):
-    temperature: float = Field(0.07, gt=0, description="Initial (or fixed) temperature tau.")
-    learnable: bool = Field(True, description="Learn the temperature (as log of the logit scale).")
-    max_logit_scale: float = Field(100.0, gt=1, description="Clamp of the logit scale 1/tau.")
-
-
-class InfoNceLoss(nn.Module):
-    """Symmetric InfoNCE on L2-normalised embeddings; `weights` [B, B] scale the negatives.
-
-    L_v2s = -1/N sum_i log(exp(S_ii) / (exp(S_ii) + sum_{j!=i} W_ij exp(S_ij))), S = cos / tau,
-    L_s2v the same on S transposed with the same W (sensor anchor i weights negative j by W_ij) unless
-    `s2v_weights` gives another matrix, loss = (L_v2s + L_s2v) / 2. W = None is plain InfoNCE.
-    """
-
-    def __init__(self, params: InfoNceParams) -> None:
-        super().__init__()
-        self.max_log_scale = math.log(params.max_logit_scale)
-        log_scale = torch.tensor(math.log(1.0 / params.temperature))
-        if params.learnable:
-            self.log_scale = nn.Parameter(log_scale)
-        else:
-            self.register_buffer("log_scale", log_scale)
-
-    def logit_scale(self) -> torch.Tensor:
-        return self.log_scale.clamp(max=self.max_log_scale).exp()
-
-    @float32
-    def forward(
-        self,
-        video: torch.Tensor,
-        sensor: torch.Tensor,
-        weights: torch.Tensor | None = None,
-        s2v_weights: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        video, sensor = F.normalize(video, dim=-1), F.normalize(sensor, dim=-1)
-        logits = self.logit_scale() * video @ sensor.T  # S[i, j] = cos(v_i, s_j) / tau
-        s2v = weights if s2v_weights is None else s2v_weights
-        return 0.5 * (weighted_nce(logits, weights) + weighted_nce(logits.T, s2v))
-
-
-def weighted_nce(logits: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
-    """-mean_i log(exp(S_ii) / (exp(S_ii) + sum_{j!=i} W_ij exp(S_ij))), via a stable logsumexp."""
-    n = logits.shape[0]
-    eye = torch.eye(n, dtype=torch.bool, device=logits.device)
-    if weights is None:
-        return F.cross_entropy(logits, torch.arange(n, device=logits.device))
-    # log W with the positive's own weight set to 1 (it is never a negative); W_ij = 0 drops j.
-    log_w = torch.where(eye, torch.zeros_like(logits), torch.log(weights.clamp(min=0)))
-    denominator = torch.logsumexp(logits + log_w, dim=1)
-    return (denominator - logits.diagonal()).mean()
-
-
 class GlobalContrastiveParams(ComponentParams):
     pass
 
@@ -158,24 +107,23 @@ class GlobalContrastiveAligner(AlignerBase):
                 f"model.video_head.dim ({model.video_head.out_dim}) must equal model.sensor_encoder.dim "
                 f"({model.sensor_encoder.out_dim}) for a shared embedding space"
             )
+        require_contrastive("global_contrastive", loss)
         self.loss = loss
 
     def trainable_modules(self, model: nn.Module) -> list[nn.Module]:
         return [model.video_backbone, model.video_head, model.sensor_encoder]
 
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        # Negatives come from the global batch when several processes train together.
-        video = gather_with_grad(model.encode_video(batch))
-        sensor = gather_with_grad(model.encode_sensor(batch))
-        out = {"loss": self.loss(video, sensor)}
-        if hasattr(self.loss, "logit_scale"):
+        # The loss draws its negatives from the global batch (it gathers this process's rows).
+        out = {"loss": self.loss(model.encode_video(batch), model.encode_sensor(batch))}
+        if isinstance(self.loss, InfoNceLoss):
             out["temperature"] = 1.0 / self.loss.logit_scale().detach()
         return out
 
 
 @hookimpl
-def detach_register_components(registry) -> None:
-    registry.add(
+def detach_register_components(register: Register) -> None:
+    register(
         kind="sensor_encoder",
         name="imu2clip_sensor",
         factory=Imu2ClipSensorEncoder,
@@ -183,7 +131,7 @@ def detach_register_components(registry) -> None:
         embedding_field="dim",
         description="IMU2CLIP sensor encoder: GroupNorm, conv blocks k10/5/5, GroupNorm, GRU.",
     )
-    registry.add(
+    register(
         kind="video_head",
         name="pooled_projection",
         factory=PooledProjectionHead,
@@ -191,14 +139,7 @@ def detach_register_components(registry) -> None:
         embedding_field="dim",
         description="Whole-clip vector: average over frames and space, then a projection.",
     )
-    registry.add(
-        kind="loss",
-        name="infonce",
-        factory=InfoNceLoss,
-        params=InfoNceParams,
-        description="Symmetric InfoNCE, clamped learnable log-scale temperature, optional negative weights.",
-    )
-    registry.add(
+    register(
         kind="aligner",
         name="global_contrastive",
         factory=GlobalContrastiveAligner,

@@ -7,6 +7,8 @@ loss = L_MM + ssl_weight * (L_SS + L_NN)
 - L_NN: NNCLR: each view's nearest neighbour in a FIFO queue of past view-1 projections replaces it as the
   positive for the other view (symmetric). An empty queue (the first step) falls back to the view itself.
 The projection head and the queue belong to the aligner (the queue is a buffer: checkpointed, resumed).
+L_SS + L_NN is the `primus_ssl` loss (detach_plugins.losses), which the aligner builds from its ssl_temperature
+and nearest_neighbour; the stage loss is the cross-modal term.
 """
 
 from __future__ import annotations
@@ -17,10 +19,18 @@ from pydantic import Field
 from torch import nn
 
 from detach_framework.contracts import AlignerBase
-from detach_framework.engine.precision import float32
 from detach_framework.errors import UserError
 from detach_framework.plugins import hookimpl
-from detach_framework.registry import MAX_WIDTH, ComponentParams
+from detach_framework.registry import MAX_WIDTH, ComponentParams, Register
+from detach_plugins.losses import require_contrastive
+from detach_plugins.losses.views import (  # noqa: F401 - the loss functions imported from here too
+    SSL_TEMPERATURE,
+    PrimusSslLoss,
+    PrimusSslParams,
+    nearest_neighbours,
+    nnclr_loss,
+    nt_xent,
+)
 
 from .queues import FeatureQueue
 
@@ -29,7 +39,7 @@ class PrimusParams(ComponentParams):
     ssl_weight: float = Field(0.5, ge=0, description="Weight of the sensor self-supervision (L_SS + L_NN).")
     nearest_neighbour: bool = Field(True, description="Add the NNCLR term L_NN (off: SimCLR only).")
     queue_size: int = Field(8192, ge=1, le=262_144, description="NNCLR support-set (queue) size.")
-    ssl_temperature: float = Field(0.1, gt=0, description="Temperature of L_SS and L_NN.")
+    ssl_temperature: float = Field(SSL_TEMPERATURE, gt=0, description="Temperature of L_SS and L_NN.")
     projection_dim: int = Field(128, ge=1, le=MAX_WIDTH, description="Output size of the SSL projection head.")
     projection_hidden: int = Field(256, ge=1, le=MAX_WIDTH, description="Hidden width of the SSL projection head.")
     noise_std: float = Field(0.05, ge=0, description="Gaussian noise std, as a fraction of each channel's std.")
@@ -44,36 +54,6 @@ def augment(sensor: torch.Tensor, noise_std: float, scale_std: float) -> torch.T
     return (sensor + noise) * scale
 
 
-@float32
-def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
-    """SimCLR's loss over 2B views: row i's positive is its other view, every other view a negative."""
-    z = torch.cat([F.normalize(a, dim=-1), F.normalize(b, dim=-1)])
-    logits = z @ z.T / temperature
-    logits = logits.masked_fill(torch.eye(len(z), dtype=torch.bool, device=z.device), float("-inf"))
-    n = len(a)
-    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
-    return F.cross_entropy(logits, targets)
-
-
-def nearest_neighbours(queries: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
-    """Each query's most cosine-similar support row (normalised); the query itself when support is empty."""
-    queries = F.normalize(queries, dim=-1)
-    if len(support) == 0:
-        return queries.detach()
-    support = F.normalize(support, dim=-1)
-    return support[(queries @ support.T).argmax(dim=1)].detach()
-
-
-@float32
-def nnclr_loss(a: torch.Tensor, b: torch.Tensor, support: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Symmetric NNCLR: NN(a_i) must pick b_i among the batch's b, and NN(b_i) pick a_i among the a."""
-    a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
-    targets = torch.arange(len(a), device=a.device)
-    forward = F.cross_entropy(nearest_neighbours(a, support) @ b.T / temperature, targets)
-    backward = F.cross_entropy(nearest_neighbours(b, support) @ a.T / temperature, targets)
-    return 0.5 * (forward + backward)
-
-
 class PrimusAligner(AlignerBase):
     """Trains the video side and the sensor encoder end to end, like IMU2CLIP, plus the sensor SSL terms."""
 
@@ -86,8 +66,12 @@ class PrimusAligner(AlignerBase):
                 f"model.video_head.dim ({model.video_head.out_dim}) must equal model.sensor_encoder.dim "
                 f"({model.sensor_encoder.out_dim}) for a shared embedding space"
             )
+        require_contrastive("primus", loss)
         self.params = params
         self.loss = loss
+        self.self_supervision = PrimusSslLoss(
+            PrimusSslParams(temperature=params.ssl_temperature, nearest_neighbour=params.nearest_neighbour)
+        )
         dim = int(model.sensor_encoder.out_dim)
         self.projector = nn.Sequential(
             nn.Linear(dim, params.projection_hidden),
@@ -108,11 +92,12 @@ class PrimusAligner(AlignerBase):
         clean, view1, view2 = model.sensor_encoder(torch.cat(views)).split(len(sensor))
         cross = self.loss(model.encode_video(batch), clean)
         view1, view2 = self.projector(view1), self.projector(view2)
-        ssl = nt_xent(view1, view2, p.ssl_temperature)
+        terms = self.self_supervision.terms(view1, view2, self.queue.valid())
+        ssl = terms["ssl"]
         out = {"cross": cross.detach(), "ssl": ssl.detach()}
         total = cross + p.ssl_weight * ssl
         if p.nearest_neighbour:
-            nn_term = nnclr_loss(view1, view2, self.queue.valid(), p.ssl_temperature)
+            nn_term = terms["nn"]
             total = total + p.ssl_weight * nn_term
             out["nn"] = nn_term.detach()
             if self.training:  # validation reads the queue but never fills it
@@ -122,8 +107,8 @@ class PrimusAligner(AlignerBase):
 
 
 @hookimpl
-def detach_register_components(registry) -> None:
-    registry.add(
+def detach_register_components(register: Register) -> None:
+    register(
         kind="aligner",
         name="primus",
         factory=PrimusAligner,

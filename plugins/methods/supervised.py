@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from detach_framework.contracts import AlignerBase
+from detach_framework.contracts import AlignerBase, UnusableLoss
 from detach_framework.errors import UserError
 from detach_framework.plugins import hookimpl
-from detach_framework.registry import ComponentParams
+from detach_framework.registry import ComponentParams, Register
 
 
 class SupervisedParams(ComponentParams):
@@ -28,7 +28,7 @@ class SupervisedAligner(AlignerBase):
     def __init__(self, params: SupervisedParams, model: nn.Module, loss: nn.Module | None) -> None:
         super().__init__()
         if loss is not None:
-            raise UserError("aligner supervised trains with cross-entropy on the labels: remove the stage's `loss`")
+            raise UnusableLoss("aligner supervised trains with cross-entropy on the labels: remove the stage's `loss`")
         classes = int(getattr(model, "num_classes", 0))
         if classes < 2:
             raise UserError(f"aligner supervised needs a dataset with at least 2 classes (got {classes})")
@@ -48,8 +48,8 @@ class SupervisedAligner(AlignerBase):
 
 
 @hookimpl
-def detach_register_components(registry) -> None:
-    registry.add(
+def detach_register_components(register: Register) -> None:
+    register(
         kind="aligner",
         name="supervised",
         factory=SupervisedAligner,

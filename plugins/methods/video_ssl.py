@@ -26,12 +26,11 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from detach_framework.contracts import AlignerBase
+from detach_framework.contracts import AlignerBase, UnusableLoss
 from detach_framework.errors import UserError
 from detach_framework.plugins import hookimpl
-from detach_framework.registry import MAX_WIDTH, ComponentParams
-
-from .primus import nt_xent
+from detach_framework.registry import MAX_WIDTH, ComponentParams, Register
+from detach_plugins.losses.views import nt_xent
 
 VALIDATION_SEED = 0
 
@@ -162,7 +161,7 @@ class VideoSslAligner(AlignerBase):
     def __init__(self, params: VideoSslParams, model: nn.Module, loss: nn.Module | None) -> None:
         super().__init__()
         if loss is not None:
-            raise UserError("aligner video_ssl has its own NT-Xent loss: remove the stage's `loss`")
+            raise UnusableLoss("aligner video_ssl has its own NT-Xent loss: remove the stage's `loss`")
         self.params = params
         dim = int(model.video_head.out_dim)
         self.projector: nn.Module = nn.Identity()
@@ -207,8 +206,8 @@ class VideoSslAligner(AlignerBase):
 
 
 @hookimpl
-def detach_register_components(registry) -> None:
-    registry.add(
+def detach_register_components(register: Register) -> None:
+    register(
         kind="aligner",
         name="video_ssl",
         factory=VideoSslAligner,
