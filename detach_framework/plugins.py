@@ -1,6 +1,7 @@
 """Plugin discovery with pluggy: entry points of group `detach_framework.plugins`, each loaded alone.
 
-A plugin module implements `detach_register_components(registry)` (mark it with `hookimpl`).
+A plugin module implements hooks of `Hooks` (mark each with `hookimpl`): `detach_register_components(register)`
+to add components, `detach_after_epoch(stage, epoch, metrics)` to see each epoch's record (e.g. a logger).
 A broken plugin is recorded and reported; it never stops the others from loading.
 """
 
@@ -10,13 +11,14 @@ import importlib
 import os
 import traceback
 from dataclasses import dataclass, field
+from functools import partial
 from importlib.metadata import entry_points
 from types import ModuleType
 
 import pluggy
 
 from detach_framework.errors import UserError
-from detach_framework.registry import Registry
+from detach_framework.registry import Register, Registry
 
 PROJECT = "detach_framework"
 ENTRY_POINT_GROUP = "detach_framework.plugins"
@@ -31,12 +33,16 @@ class Hooks:
     """Hook specifications a plugin may implement."""
 
     @hookspec
-    def detach_register_components(self, registry: Registry) -> None:
-        """Add the plugin's components with `registry.add(kind=..., name=..., factory=..., params=...)`."""
+    def detach_register_components(self, register: Register) -> None:
+        """Add the plugin's components with `register(kind=..., name=..., factory=..., params=...)`
+        (the arguments of `Registry.add`); `register` is bound to this plugin, so every component and every
+        registration error names it."""
 
     @hookspec
     def detach_after_epoch(self, stage: str, epoch: int, metrics: dict) -> None:
-        """Called after every training epoch with that epoch's logged metrics (read-only)."""
+        """Called by the main process after each training epoch once its record is final (logged to
+        metrics.jsonl and checkpointed): the stage's name, the epoch within it (from 1) and the record, to
+        read, not change. An exception stops the run; the epoch is saved, so `--resume` continues."""
 
 
 @dataclass(frozen=True)
@@ -67,18 +73,23 @@ class PluginHost:
         label = name or (module if isinstance(module, str) else module.__name__)
         module_name = module if isinstance(module, str) else module.__name__
         before = len(self.registry.components())
-        self.registry.current_plugin = label
-        self.registry.current_distribution = distribution
         try:
             mod = importlib.import_module(module) if isinstance(module, str) else module
-            if not hasattr(mod, "detach_register_components"):
-                raise TypeError(f"module {module_name} defines no detach_register_components(registry) hook")
-            self.manager.register(mod, name=label)
+            try:
+                self.manager.register(mod, name=label)
+                self.manager.check_pending()  # a misspelled hook name fails here instead of being ignored
+            except pluggy.PluginValidationError as exc:  # its first line names the hook only; the reason follows
+                raise TypeError(" ".join(str(exc).split())) from None
+            if not self.manager.get_hookcallers(mod):
+                raise TypeError(
+                    f"module {module_name} defines no detach_register_components(register) or "
+                    "detach_after_epoch(stage, epoch, metrics) hook marked with @hookimpl"
+                )
             # Call this plugin's hook alone so a failure is attributed to it and others still load.
             self.manager.subset_hook_caller(
                 "detach_register_components",
                 remove_plugins=[p for p in self.manager.get_plugins() if p is not mod],
-            )(registry=self.registry)
+            )(register=partial(self.registry.add, plugin=label, distribution=distribution))
         except Exception as exc:  # noqa: BLE001 - any plugin error is recorded, never fatal
             self._forget(label)
             detail = f"{type(exc).__name__}: {exc}".splitlines()[0]
@@ -90,9 +101,6 @@ class PluginHost:
         else:
             added = len(self.registry.components()) - before
             self.plugins.append(PluginInfo(label, module_name, distribution, "loaded", components=added))
-        finally:
-            self.registry.current_plugin = "<direct>"
-            self.registry.current_distribution = ""
 
     def _forget(self, label: str) -> None:
         """Drop a half-registered plugin: its hook and whatever components it added before failing."""

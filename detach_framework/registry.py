@@ -1,6 +1,6 @@
 """The component registry: a plain dictionary of what plugins registered, per kind.
 
-Plugins fill it through the `detach_register_components(registry)` hook; specs look names up in it.
+Plugins fill it through the `detach_register_components(register)` hook; specs look names up in it.
 """
 
 from __future__ import annotations
@@ -145,13 +145,16 @@ def did_you_mean(value: str, choices: list[str]) -> str:
     return f" did you mean '{close[0]}'?" if close else ""
 
 
+# What a plugin's `detach_register_components(register)` hook receives: Registry.add with the plugin bound,
+# so that every component it adds (and every error about one) names that plugin.
+Register = Callable[..., None]
+
+
 @dataclass
 class Registry:
     """Components by kind and name. Adding breaks loudly on anything malformed or duplicated."""
 
     _components: dict[str, dict[str, Component]] = field(default_factory=lambda: {kind: {} for kind in KINDS})
-    current_plugin: str = "<direct>"
-    current_distribution: str = ""
     failed_plugins: list[str] = field(default_factory=list)  # "name (error)", shown in unknown-name errors
 
     def add(
@@ -164,13 +167,17 @@ class Registry:
         description: str = "",
         tools: dict[str, Callable[..., Any]] | None = None,
         embedding_field: str | None = None,
+        plugin: str = "<direct>",
+        distribution: str = "",
     ) -> None:
-        """Register a component. `tools` are optional named utilities of the component that the CLI
-        exposes (a dataset's "export", "fixture", "inspect"), looked up by name, never imported.
+        """Register a component on behalf of `plugin` (from the installed package `distribution`); a plugin's
+        hook receives this method with both bound (`Register`). `tools` are optional named utilities of the
+        component that the CLI exposes (a dataset's "export", "fixture", "inspect"), looked up by name, never
+        imported.
         `embedding_field` (video heads and sensor encoders) names the params field that sets the size of the
         embedding the component outputs (its `out_dim`): `validate` then refuses paired video and sensor
         embeddings of different sizes, which could only meet in a loss after a crash."""
-        where = f"plugin '{self.current_plugin}'"
+        where = f"plugin '{plugin}'"
         if kind not in KINDS:
             raise PluginError(
                 f"{where} registers unknown kind '{kind}';{did_you_mean(kind, list(KINDS))} "
@@ -219,9 +226,9 @@ class Registry:
             factory=factory,
             params=params,
             description=description.strip().splitlines()[0] if description.strip() else "",
-            plugin=self.current_plugin,
+            plugin=plugin,
             tools=dict(tools or {}),
-            distribution=self.current_distribution,
+            distribution=distribution,
             embedding_field=embedding_field,
         )
 

@@ -150,7 +150,7 @@ def test_timm_unsupported_kwarg_is_user_error() -> None:
 
 def test_registration_through_hook() -> None:
     registry = Registry()
-    detach_register_components(registry)
+    detach_register_components(registry.add)  # the hook's `register`, unbound: components of "<direct>"
     assert registry.names("video_backbone") == ["small_cnn", "timm"]
     assert registry.get("video_backbone", "timm").params is TimmBackboneParams
     assert registry.get("video_backbone", "small_cnn").factory is SmallCnnBackbone

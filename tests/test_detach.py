@@ -13,10 +13,12 @@ import torch
 import torch.nn.functional as F
 import yaml
 from conftest import tiny_spec, train_until_interrupted
+from torch import nn
 
 from detach_framework.cli import main
 from detach_framework.engine.checkpoint import load_checkpoint
 from detach_framework.engine.model import AlignmentModel
+from detach_framework.errors import PluginError
 from detach_framework.spec import load_spec
 from detach_plugins.detach.odc import OdcParams, OnlineDeepClustering
 from detach_plugins.detach.spatial import SpatialAligner, SpatialParams, weighted_cluster_loss
@@ -128,15 +130,15 @@ def test_confidence_matches_direct_per_cluster_quantile():
 def test_time_warp_identity_at_zero_and_keeps_shape():
     clusterer = odc(time_warp=0.2)
     x = torch.randn(3, 2, 16)
-    warped = clusterer.time_warp(x, torch.Generator().manual_seed(0))
+    warped = clusterer.augment(x, torch.Generator().manual_seed(0))
     assert warped.shape == x.shape and not torch.allclose(warped, x)
-    assert torch.equal(odc(time_warp=0.0).time_warp(x), x)
+    assert torch.equal(odc(time_warp=0.0).augment(x), x)
     # On a ramp x[t] = t, linear interpolation returns the warped position itself.
     ramp = torch.arange(16.0).expand(1, 1, 16)
     fraction = torch.rand(1, 1, generator=torch.Generator().manual_seed(4))
     offset = 0.2 * 16 * torch.sin(torch.linspace(0, 4 * math.pi, 16))
     expected = (torch.arange(16.0) + fraction * offset).clamp(0, 15)
-    assert torch.allclose(clusterer.time_warp(ramp, torch.Generator().manual_seed(4))[0], expected, atol=1e-5)
+    assert torch.allclose(clusterer.augment(ramp, torch.Generator().manual_seed(4))[0], expected, atol=1e-5)
 
 
 # -- stage 2 weights and loss ---------------------------------------------------------------------------
@@ -223,6 +225,43 @@ def test_stage2_without_weights_equals_symmetric_infonce(detach_model):
     assert out.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+def test_temporal_weight_after_epochs_trains_plain_infonce_first(detach_model):
+    loss = InfoNceLoss(InfoNceParams(temperature=0.1, learnable=False))
+    late = TemporalAligner(TemporalParams(temporal_weight_after_epochs=1), detach_model, loss)
+    paper = TemporalAligner(TemporalParams(), detach_model, loss)
+    plain = TemporalAligner(TemporalParams(spatial_weight=False, temporal_weight=False), detach_model, loss)
+    detach_model.eval()
+    b = batch()
+    for aligner in (late, paper, plain):
+        aligner.eval()
+        aligner.on_epoch_start(1)
+    first = late(detach_model, b)
+    assert first["w_mean"].item() == 1.0 and first["loss"].item() == plain(detach_model, b)["loss"].item()
+    late.on_epoch_start(2)
+    weighted, reference = late(detach_model, b), paper(detach_model, b)
+    assert weighted["w_mean"].item() != 1.0
+    assert weighted["loss"].item() == reference["loss"].item() and weighted["w_mean"] == reference["w_mean"]
+
+
+def test_stage2_logs_mean_s_tm_per_negative_type(detach_model):
+    """S_tm of the momentum encoders, averaged per ground-truth negative type: the analysis of whether S_tm tells
+    false negatives (same fixture, same action) from hard ones (same fixture, other action)."""
+    aligner = TemporalAligner(TemporalParams(), detach_model, InfoNceLoss(InfoNceParams(temperature=0.1)))
+    aligner.train()
+    aligner.on_epoch_start(1)
+    b = batch()  # labels [1, 1, 2, 0], fixtures [0, 0, 0, unknown]
+    aligner(detach_model, b)
+    record = aligner.on_epoch_end(detach_model)
+    with torch.no_grad():
+        hm_v = F.normalize(aligner.momentum_video(detach_model.video_temporal_input(b)), dim=-1)
+        hm_s = F.normalize(aligner.momentum_sensor(b["sensor"]), dim=-1)
+        s_tm = (hm_v @ hm_s.T).relu()
+    assert record["s_tm_false"] == pytest.approx(float(s_tm[0, 1] + s_tm[1, 0]) / 2, abs=1e-6)
+    hard = [s_tm[0, 2], s_tm[2, 0], s_tm[1, 2], s_tm[2, 1]]
+    assert record["s_tm_hard"] == pytest.approx(float(sum(hard)) / 4, abs=1e-6)
+    assert "s_tm_easy" not in record and "w_easy" not in record  # the unknown fixture makes no easy pair
+
+
 def test_ema_formula_after_one_step(detach_model):
     model = copy.deepcopy(detach_model)
     loss = InfoNceLoss(InfoNceParams(temperature=0.1, learnable=False))
@@ -253,6 +292,19 @@ def test_stage1_loss_uses_labels_from_before_the_update(detach_model):
     aligner.after_optimizer_step(model)
     assert not torch.equal(model.clusterer.bank[:4], bank_before[:4])  # updated only after the step
     assert torch.equal(model.clusterer.bank[4:], bank_before[4:])
+
+
+def test_stage1_refuses_a_clusterer_lacking_what_it_uses(detach_model):
+    class AssignOnly(nn.Module):  # all that contracts.Clusterer declared before stage 1's needs were written down
+        k = 3
+
+        def assign(self, features):
+            return features.argmax(dim=-1)
+
+    model = copy.deepcopy(detach_model)
+    model.clusterer = AssignOnly()
+    with pytest.raises(PluginError, match=r"model.clusterer \(AssignOnly\) lacks members of .*contracts.Clusterer"):
+        SpatialAligner(SpatialParams(), model, None)
 
 
 # -- end to end ---------------------------------------------------------------------------------------

@@ -201,7 +201,7 @@ def registry() -> Registry:
     from detach_plugins.evaluators import detach_register_components
 
     reg = Registry()
-    detach_register_components(reg)
+    detach_register_components(reg.add)
     return reg
 
 

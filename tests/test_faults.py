@@ -738,7 +738,7 @@ BAD_PLUGINS = {
     "acme_register": """
 from detach_framework.plugins import hookimpl
 @hookimpl
-def detach_register_components(registry):
+def detach_register_components(register):
     raise RuntimeError('registration broke')
 """,
     "acme_shapes": """
@@ -760,8 +760,8 @@ class WrongWidth(nn.Module):
         return self.linear(sensor.flatten(1))
 
 @hookimpl
-def detach_register_components(registry):
-    registry.add(kind="sensor_encoder", name="acme_encoder", factory=WrongWidth, params=Params)
+def detach_register_components(register):
+    register(kind="sensor_encoder", name="acme_encoder", factory=WrongWidth, params=Params)
 """,
 }
 

@@ -1,16 +1,21 @@
-"""Registry rules and plugin loading: loud registration errors, isolated plugin failures, autoload switch."""
+"""Registry rules and plugin loading: loud registration errors, isolated plugin failures, autoload switch,
+the plugin-bound `register` and the after-epoch hook."""
 
 from __future__ import annotations
 
+import json
 import sys
 import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import yaml
+from conftest import tiny_spec
 from pydantic import BaseModel
 
 from detach_framework import plugins as plugin_module
+from detach_framework.cli import main
 from detach_framework.errors import PluginError, UserError
 from detach_framework.registry import ComponentParams, Registry
 
@@ -62,11 +67,9 @@ def test_backbone_params_must_carry_frozen():
 
 def test_duplicate_name_names_both_plugins():
     registry = Registry()
-    registry.current_plugin = "first"
-    registry.add(kind="loss", name="same", factory=factory, params=Params)
-    registry.current_plugin = "second"
+    registry.add(kind="loss", name="same", factory=factory, params=Params, plugin="first")
     with pytest.raises(PluginError, match="plugin 'second' registers loss 'same' already registered by plugin 'first'"):
-        registry.add(kind="loss", name="same", factory=factory, params=Params)
+        registry.add(kind="loss", name="same", factory=factory, params=Params, plugin="second")
 
 
 def test_unknown_name_lists_choices_and_closest():
@@ -108,8 +111,8 @@ def test_broken_plugins_are_recorded_and_others_load(module_dir, monkeypatch):
         class P(ComponentParams):
             pass
         @hookimpl
-        def detach_register_components(registry):
-            registry.add(kind="loss", name="half_done", factory=lambda p: p, params=P)
+        def detach_register_components(register):
+            register(kind="loss", name="half_done", factory=lambda p: p, params=P)
             raise ValueError("boom in registration")
         """,
     )
@@ -122,8 +125,8 @@ def test_broken_plugins_are_recorded_and_others_load(module_dir, monkeypatch):
         class P(ComponentParams):
             pass
         @hookimpl
-        def detach_register_components(registry):
-            registry.add(kind="loss", name="good_loss", factory=lambda p: p, params=P)
+        def detach_register_components(register):
+            register(kind="loss", name="good_loss", factory=lambda p: p, params=P)
         """,
     )
     monkeypatch.setattr(
@@ -154,7 +157,7 @@ def test_autoload_switch_keeps_only_builtins(module_dir, monkeypatch):
         """
         from detach_framework.plugins import hookimpl
         @hookimpl
-        def detach_register_components(registry):
+        def detach_register_components(register):
             pass
         """,
     )
@@ -183,3 +186,71 @@ def test_explicit_plugin_module_failure_is_a_user_error(module_dir):
 def test_builtin_plugins_all_load(host):
     assert host.failures == []
     assert {"synthetic_kitchen", "backbones", "imu2clip", "evaluators"} <= {p.name for p in host.plugins}
+
+
+def test_register_is_bound_to_its_plugin(module_dir, monkeypatch):
+    for name in ("first", "second"):
+        _write_module(
+            module_dir,
+            f"fake_plugin_{name}",
+            """
+            from detach_framework.plugins import hookimpl
+            from detach_framework.registry import ComponentParams
+            class P(ComponentParams):
+                pass
+            @hookimpl
+            def detach_register_components(register):
+                register(kind="loss", name="shared", factory=lambda p: p, params=P)
+            """,
+        )
+    monkeypatch.setattr(
+        plugin_module,
+        "entry_points",
+        _fake_entry_points([("a", "fake_plugin_first", "dist-a"), ("b", "fake_plugin_second", "dist-b")]),
+    )
+    host = plugin_module.load_plugins(autoload=True)
+    component = host.registry.get("loss", "shared")
+    assert (component.plugin, component.distribution) == ("a", "dist-a")
+    failed = {p.name: p.error for p in host.failures}
+    assert failed == {"b": "PluginError: plugin 'b' registers loss 'shared' already registered by plugin 'a'"}
+
+
+@pytest.mark.parametrize(
+    ("hook", "message"),
+    [
+        ("detach_register_components(registry)", r"\(registry\).*'registry'.*hookspec"),  # the form before `register`
+        ("detach_register_component(register)", r"unknown hook 'detach_register_component'"),
+    ],
+)
+def test_a_hook_the_spec_does_not_know_is_refused_naming_it(module_dir, hook, message):
+    _write_module(
+        module_dir,
+        "fake_plugin_bad_hook",
+        f"from detach_framework.plugins import hookimpl\n@hookimpl\ndef {hook}:\n    pass\n",
+    )
+    with pytest.raises(UserError, match=f"--plugin fake_plugin_bad_hook: TypeError: .*{message}"):
+        plugin_module.load_plugins(["fake_plugin_bad_hook"], autoload=False)
+
+
+def test_after_epoch_hook_gets_each_epoch_record_as_logged(module_dir, tmp_path):
+    # A logger plugin: it implements only this hook, registers nothing, and still loads.
+    _write_module(
+        module_dir,
+        "fake_plugin_logger",
+        """
+        from detach_framework.plugins import hookimpl
+        SEEN = []
+        @hookimpl
+        def detach_after_epoch(stage, epoch, metrics):
+            SEEN.append((stage, epoch, metrics))
+        """,
+    )
+    spec, run = tmp_path / "spec.yaml", tmp_path / "run"
+    spec.write_text(yaml.safe_dump(tiny_spec(eval={"evaluators": [{"name": "linear_probe", "epochs": 1}]})))
+    assert main(["--plugin", "fake_plugin_logger", "train", str(spec), "--run-dir", str(run)]) == 0
+    seen = sys.modules["fake_plugin_logger"].SEEN
+    logged = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "epoch"]
+    assert [(stage, epoch) for stage, epoch, _ in seen] == [("align", 1), ("align", 2)]
+    assert [json.loads(json.dumps(metrics, default=float)) for *_, metrics in seen] == [
+        {key: value for key, value in record.items() if key != "time"} for record in logged
+    ]

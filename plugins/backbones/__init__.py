@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from detach_framework.plugins import hookimpl
-from detach_framework.registry import Registry
+from detach_framework.registry import Register
 from detach_plugins.backbones.small_cnn import SmallCnnBackbone, SmallCnnParams
 from detach_plugins.backbones.timm_backbone import TimmBackboneParams, TimmVideoBackbone
 
@@ -17,8 +17,8 @@ __all__ = [
 
 
 @hookimpl
-def detach_register_components(registry: Registry) -> None:
-    registry.add(
+def detach_register_components(register: Register) -> None:
+    register(
         kind="video_backbone",
         name="timm",
         factory=TimmVideoBackbone,
@@ -26,7 +26,7 @@ def detach_register_components(registry: Registry) -> None:
         description="Any timm image model applied per frame (feature maps, ViT token grids or pooled "
         "vectors); weights only from a local file.",
     )
-    registry.add(
+    register(
         kind="video_backbone",
         name="small_cnn",
         factory=SmallCnnBackbone,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from detach_framework.plugins import hookimpl
-from detach_framework.registry import Registry
+from detach_framework.registry import Register
 
 from .encoders import (
     SensorSpatialEncoder,
@@ -15,15 +15,15 @@ from .encoders import (
     VideoSpatialHead,
     VideoTemporalHead,
 )
+from .kmeans import KMeansClusterer, KMeansParams
 from .odc import OdcParams, OnlineDeepClustering
 from .spatial import SpatialAligner, SpatialParams
 from .temporal import TemporalAligner, TemporalParams
 
 
 @hookimpl
-def detach_register_components(registry: Registry) -> None:
-    add = registry.add
-    add(
+def detach_register_components(register: Register) -> None:
+    register(
         kind="video_head",
         name="detach_spatial_head",
         factory=VideoSpatialHead,
@@ -31,7 +31,7 @@ def detach_register_components(registry: Registry) -> None:
         embedding_field="dim",
         description="DETACH f_v head: scene + object-saliency heads over the time-averaged map, LayerNorm.",
     )
-    add(
+    register(
         kind="video_head",
         name="detach_temporal_head",
         factory=VideoTemporalHead,
@@ -39,7 +39,7 @@ def detach_register_components(registry: Registry) -> None:
         embedding_field="dim",
         description="DETACH g_v: Conv3d on frame differences (frames or maps), cosine projection.",
     )
-    add(
+    register(
         kind="sensor_encoder",
         name="detach_sensor_spatial",
         factory=SensorSpatialEncoder,
@@ -47,7 +47,7 @@ def detach_register_components(registry: Registry) -> None:
         embedding_field="dim",
         description="DETACH f_s: dilated CNN + GRU plus the projected per-channel 99th percentile of |x|.",
     )
-    add(
+    register(
         kind="sensor_encoder",
         name="detach_sensor_temporal",
         factory=SensorTemporalEncoder,
@@ -55,21 +55,28 @@ def detach_register_components(registry: Registry) -> None:
         embedding_field="dim",
         description="DETACH g_s: CNN + BiGRU + self-attention pooling.",
     )
-    add(
+    register(
         kind="clusterer",
         name="odc",
         factory=OnlineDeepClustering,
         params=OdcParams,
         description="Online deep clustering: memory bank, k-means init, balanced weights, dissolve/split.",
     )
-    add(
+    register(
+        kind="clusterer",
+        name="kmeans",
+        factory=KMeansClusterer,
+        params=KMeansParams,
+        description="Plain k-means re-fitted on the memory bank once per epoch; uniform or inverse-size weights.",
+    )
+    register(
         kind="aligner",
         name="detach_spatial",
         factory=SpatialAligner,
         params=SpatialParams,
-        description="DETACH stage 1: ODC <-> video spatial mutual supervision (warm-up, joint, refine).",
+        description="DETACH stage 1: clusterer <-> video spatial mutual supervision (warm-up, joint, refine).",
     )
-    add(
+    register(
         kind="aligner",
         name="detach_temporal",
         factory=TemporalAligner,

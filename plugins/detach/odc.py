@@ -1,20 +1,19 @@
 """Online deep clustering (ODC) of sensor-spatial features, as METHOD.md describes it.
 
-The state (memory bank, labels, centroids) is made of buffers, so it is saved with the model.
+The state (memory bank, labels, centroids) is made of buffers, so it is saved with the model (bank.py).
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from sklearn.cluster import KMeans
-from torch import nn
 
 from detach_framework.engine.precision import float32
-from detach_framework.errors import UserError
 from detach_framework.registry import ComponentParams
+
+from .augment import time_warp
+from .bank import BankClusterer
 
 
 class OdcParams(ComponentParams):
@@ -32,45 +31,31 @@ class OdcParams(ComponentParams):
     time_warp: float = Field(0.2, ge=0, lt=1, description="Time-warp amplitude (fraction of L), 0 disables.")
 
 
-class OnlineDeepClustering(nn.Module):
-    """Memory bank + centroids for `num_samples` training samples of `dim`-d sensor-spatial features."""
+class OnlineDeepClustering(BankClusterer):
+    """Memory bank + centroids for `num_samples` training samples of `dim`-d sensor-spatial features, moved
+    online: the bank and labels at every step, the centroids (with dissolve and split) at every epoch end."""
 
     def __init__(self, params: OdcParams, num_samples: int, dim: int) -> None:
-        super().__init__()
+        super().__init__(
+            k=params.k,
+            num_samples=num_samples,
+            dim=dim,
+            temperature=params.temperature,
+            kmeans_init=params.kmeans_init,
+        )
         self.params = params
-        self.k = params.k
-        self.register_buffer("bank", torch.zeros(num_samples, dim))
-        self.register_buffer("labels", torch.zeros(num_samples, dtype=torch.long))
-        self.register_buffer("centroids", F.normalize(torch.randn(params.k, dim, generator=_gen(0)), dim=1))
         self.register_buffer("initialized", torch.tensor(False))
-
-    # -- assignment ------------------------------------------------------------------------------
-
-    @float32
-    def logits(self, features: torch.Tensor) -> torch.Tensor:
-        return F.normalize(features, dim=-1) @ F.normalize(self.centroids, dim=-1).T / self.params.temperature
-
-    @float32
-    def assign(self, features: torch.Tensor) -> torch.Tensor:
-        return (F.normalize(features, dim=-1) @ F.normalize(self.centroids, dim=-1).T).argmax(dim=-1)
-
-    # -- state updates -----------------------------------------------------------------------------
 
     @torch.no_grad()
     def initialize(self, features: torch.Tensor, seed: int) -> None:
-        """Bank <- normalised features of the whole training set; labels and centroids by seeded k-means."""
-        if len(features) < self.k:
-            raise UserError(
-                f"model.clusterer.k is {self.k} but the training split has only {len(features)} windows to cluster: "
-                "lower k, or give the dataset more windows (e.g. a shorter data.stride_seconds)"
-            )
-        bank = F.normalize(features.float(), dim=1)
-        kmeans = KMeans(n_clusters=self.k, n_init=self.params.kmeans_init, random_state=seed)
-        labels = kmeans.fit_predict(bank.cpu().numpy().astype(np.float64))
-        self.bank.copy_(bank)
-        self.labels.copy_(torch.from_numpy(labels).long())
-        self.centroids.copy_(F.normalize(torch.from_numpy(kmeans.cluster_centers_).float(), dim=1))
+        super().initialize(features, seed)
         self.initialized.fill_(True)
+
+    def augment(self, sensor: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The clustering input's random time warp (param `time_warp`, 0 disables)."""
+        return time_warp(sensor, self.params.time_warp, generator)
+
+    # -- state updates -----------------------------------------------------------------------------
 
     @float32
     @torch.no_grad()
@@ -125,10 +110,7 @@ class OnlineDeepClustering(nn.Module):
         self.centroids[empty] = F.normalize(self.bank[farthest].mean(dim=0), dim=0)
         self.centroids[largest] = F.normalize(self.bank[(self.labels == largest)].mean(dim=0), dim=0)
 
-    # -- losses and splits -----------------------------------------------------------------------------
-
-    def sizes(self) -> torch.Tensor:
-        return torch.bincount(self.labels, minlength=self.k)
+    # -- losses -------------------------------------------------------------------------------------------
 
     def class_weights(self) -> torch.Tensor:
         """w_k = 1 / |C_k|^power; weights below max(w) / max_weight_ratio are raised to it (the authors' code);
@@ -149,40 +131,3 @@ class OnlineDeepClustering(nn.Module):
         # underflow to all zeros whatever the power (max(w) / max(w) is exactly 1).
         relative = (smallest / sizes).pow(self.params.balance_power).clamp(min=1 / self.params.max_weight_ratio)
         return (relative * self.k / relative.sum()).float()
-
-    def confidence(self, quantile: float = 0.75) -> torch.Tensor:
-        """Per cluster: confident (True) when the sample's cosine distance to its centroid is below the
-        cluster's `quantile` of those distances over the memory bank."""
-        distance = 1 - (self.bank * F.normalize(self.centroids, dim=1)[self.labels]).sum(dim=1)
-        confident = torch.zeros_like(self.labels, dtype=torch.bool)
-        for k in range(self.k):
-            members = self.labels == k
-            if members.any():
-                threshold = torch.quantile(distance[members], quantile)
-                confident[members] = distance[members] < threshold
-        return confident
-
-    def time_warp(self, sensor: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Warp the time axis of [B, C, L]: t' = t + a_b * A * L * sin(linspace(0, 4 pi, L)), a_b ~ U(0, 1)
-        per sample, clipped to [0, L-1], linear interpolation."""
-        batch, _, length = sensor.shape
-        if self.params.time_warp == 0 or length < 2:
-            return sensor
-        fraction = torch.rand(batch, 1, generator=generator).to(sensor.device)
-        steps = torch.arange(length, dtype=sensor.dtype, device=sensor.device)
-        offset = (
-            self.params.time_warp * length * torch.sin(torch.linspace(0, 4 * torch.pi, length, device=sensor.device))
-        )
-        position = (steps + fraction * offset).clamp(0, length - 1)  # [B, L]
-        low = position.floor().long().clamp(max=length - 2)
-        weight = (position - low).unsqueeze(1)  # [B, 1, L]
-        index = low.unsqueeze(1).expand(-1, sensor.shape[1], -1)
-        left = sensor.gather(2, index)
-        right = sensor.gather(2, index + 1)
-        return left + weight * (right - left)
-
-
-def _gen(seed: int) -> torch.Generator:
-    generator = torch.Generator()
-    generator.manual_seed(seed)
-    return generator

@@ -1,4 +1,5 @@
-"""Stage 1 of DETACH: spatial alignment by mutual supervision between ODC and the video spatial branch."""
+"""Stage 1 of DETACH: spatial alignment by mutual supervision between a clusterer of the sensor-spatial
+features (contracts.Clusterer: the ODC, or plain k-means) and the video spatial branch."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ from pydantic import Field
 from sklearn.metrics import normalized_mutual_info_score
 from torch import nn
 
-from detach_framework.contracts import AlignerBase
+from detach_framework.contracts import AlignerBase, Clusterer
 from detach_framework.engine.distributed import broadcast_, gather, gather_with_grad
 from detach_framework.engine.precision import float32
-from detach_framework.errors import UserError
+from detach_framework.errors import PluginError, UserError
 from detach_framework.registry import MAX_EPOCHS, ComponentParams
 
 
@@ -53,19 +54,25 @@ def masked_ce(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) ->
 
 
 class SpatialAligner(AlignerBase):
-    """Trains f_v (backbone + spatial head) and f_s with ODC pseudo-labels (sensor -> video on confident
-    samples) and the video classifier's predictions (video -> sensor on ambiguous samples)."""
+    """Trains f_v (backbone + spatial head) and f_s with the clusterer's pseudo-labels (sensor -> video on
+    confident samples) and the video classifier's predictions (video -> sensor on ambiguous samples)."""
 
     def __init__(self, params: SpatialParams, model: nn.Module, loss: nn.Module | None) -> None:
         super().__init__()
         if model.clusterer is None:
             raise UserError("stage aligner detach_spatial needs model.clusterer (e.g. name: odc)")
+        if not isinstance(model.clusterer, Clusterer):
+            raise PluginError(
+                f"model.clusterer ({type(model.clusterer).__name__}) lacks members of "
+                "detach_framework.contracts.Clusterer, which stage aligner detach_spatial uses"
+            )
         if loss is not None:
             raise UserError("stage aligner detach_spatial computes its own losses: remove the stage's `loss`")
+        clusterer: Clusterer = model.clusterer
         self.params = params
-        self.video_classifier = nn.Linear(model.video_head.out_dim, model.clusterer.k)
-        self.register_buffer("confident", torch.ones(model.clusterer.bank.shape[0], dtype=torch.bool))
-        self.register_buffer("fixtures", torch.full((model.clusterer.bank.shape[0],), -1, dtype=torch.long))
+        self.video_classifier = nn.Linear(model.video_head.out_dim, clusterer.k)
+        self.register_buffer("confident", torch.ones(clusterer.bank.shape[0], dtype=torch.bool))
+        self.register_buffer("fixtures", torch.full((clusterer.bank.shape[0],), -1, dtype=torch.long))
         self.epoch = 1
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._changes: list[float] = []
@@ -101,7 +108,8 @@ class SpatialAligner(AlignerBase):
         if context.resumed:  # bank, labels, centroids and the warp generator came from the checkpoint
             return
         self._generator.manual_seed(context.seed)
-        features = torch.zeros_like(model.clusterer.bank)
+        clusterer: Clusterer = model.clusterer
+        features = torch.zeros_like(clusterer.bank)
         was_training = model.training
         model.eval()
         with torch.no_grad():
@@ -109,8 +117,8 @@ class SpatialAligner(AlignerBase):
                 features[batch["index"]] = model.encode_sensor(batch).float()
                 self.fixtures[batch["index"]] = batch["fixture"]
         model.train(was_training)
-        model.clusterer.initialize(features, seed=context.seed)
-        for state in (model.clusterer.bank, model.clusterer.labels, model.clusterer.centroids, self.fixtures):
+        clusterer.initialize(features, seed=context.seed)
+        for state in (clusterer.bank, clusterer.labels, clusterer.centroids, self.fixtures):
             broadcast_(state)  # every rank starts from rank 0's k-means, whatever float noise they saw
 
     def on_epoch_start(self, epoch: int) -> None:
@@ -119,12 +127,13 @@ class SpatialAligner(AlignerBase):
 
     def after_optimizer_step(self, model: nn.Module) -> None:
         # The loss used the labels read before this step; the bank and labels move only now.
+        clusterer: Clusterer = model.clusterer
         for indices, features in self._pending:
-            self._changes.append(model.clusterer.update_bank(indices, features))
+            self._changes.append(clusterer.update_bank(indices, features))
         self._pending = []
 
     def on_epoch_end(self, model: nn.Module) -> dict[str, Any]:
-        clusterer = model.clusterer
+        clusterer: Clusterer = model.clusterer
         clusterer.update_centroids()
         self.confident.copy_(clusterer.confidence(self.params.confidence_quantile))
         record: dict[str, Any] = {
@@ -144,11 +153,11 @@ class SpatialAligner(AlignerBase):
     # -- the losses ---------------------------------------------------------------------------------------
 
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        clusterer = model.clusterer
+        clusterer: Clusterer = model.clusterer
         p = self.params
         sensor = batch["sensor"]
-        if self.training and self.epoch >= 2:  # time-warped clustering input from the second epoch on
-            sensor = clusterer.time_warp(sensor, self._generator)
+        if self.training and self.epoch >= 2:  # the clusterer's view (ODC: time-warped) from the second epoch on
+            sensor = clusterer.augment(sensor, self._generator)
         z_s = model.sensor_encoder(sensor)
         # Across processes, every rank computes the losses on the global batch (exact DDP gradients).
         logits_s = gather_with_grad(clusterer.logits(z_s))

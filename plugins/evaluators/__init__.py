@@ -19,10 +19,10 @@ from detach_framework.evaluation import (
 )
 from detach_framework.evaluation.probe import LinearClassifier
 from detach_framework.plugins import hookimpl
-from detach_framework.registry import MAX_BATCH_SIZE, MAX_EPOCHS, ComponentParams, Registry
+from detach_framework.registry import MAX_BATCH_SIZE, MAX_EPOCHS, ComponentParams, Register
 
-from . import recording_probe
 from .probe_fit import MAX_PROBE_LR, MAX_PROBE_WEIGHT_DECAY, ProbeFitParams
+from .recording_probe import RecordingProbeEvaluator, RecordingProbeParams
 
 CONFUSION_PNG = "confusion_matrix.png"
 
@@ -89,19 +89,25 @@ class RetrievalEvaluator:
 
 
 @hookimpl
-def detach_register_components(registry: Registry) -> None:
-    registry.add(
+def detach_register_components(register: Register) -> None:
+    register(
         kind="evaluator",
         name="linear_probe",
         factory=LinearProbeEvaluator,
         params=LinearProbeParams,
         description="Linear probe on frozen sensor features: weighted F1, macro mAP, accuracy, confusion.",
     )
-    registry.add(
+    register(
         kind="evaluator",
         name="retrieval",
         factory=RetrievalEvaluator,
         params=RetrievalParams,
         description="Cross-modal retrieval recall@k (video->sensor and sensor->video) on the test split.",
     )
-    recording_probe.register(registry)
+    register(
+        kind="evaluator",
+        name="recording_probe",
+        factory=RecordingProbeEvaluator,
+        params=RecordingProbeParams,
+        description="Recording-level linear probe on the mean of each recording's window features (HWU-USP).",
+    )

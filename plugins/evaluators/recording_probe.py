@@ -19,7 +19,7 @@ from detach_framework.evaluation import (
     plot_confusion_matrix,
     weighted_f1,
 )
-from detach_framework.registry import MAX_BATCH_SIZE, MAX_EPOCHS, Registry
+from detach_framework.registry import MAX_BATCH_SIZE, MAX_EPOCHS
 
 from .probe_fit import MAX_PROBE_LR, MAX_PROBE_WEIGHT_DECAY, ProbeFitParams
 
@@ -94,13 +94,3 @@ class RecordingProbeEvaluator:
         return EvalResult(
             metrics=metrics, tables={"per_class_recording": per_class_rows(yte, pred, names)}, plots=[png]
         )
-
-
-def register(registry: Registry) -> None:
-    registry.add(
-        kind="evaluator",
-        name="recording_probe",
-        factory=RecordingProbeEvaluator,
-        params=RecordingProbeParams,
-        description="Recording-level linear probe on the mean of each recording's window features (HWU-USP).",
-    )

@@ -17,7 +17,7 @@ from detach_framework.data.settings import DataSettings
 from detach_framework.data.video import describe_video
 from detach_framework.errors import UserError
 from detach_framework.plugins import hookimpl
-from detach_framework.registry import Registry
+from detach_framework.registry import Register
 
 from .dataset import HwuUspParams, build_hwu_usp, discover_recordings, load_stream
 from .fixture import write_hwu_fixture
@@ -68,8 +68,8 @@ def inspect_hwu_usp(root: str | Path) -> str:
 
 
 @hookimpl
-def detach_register_components(registry: Registry) -> None:
-    registry.add(
+def detach_register_components(register: Register) -> None:
+    register(
         kind="dataset",
         name="hwu_usp",
         factory=build_hwu_usp,

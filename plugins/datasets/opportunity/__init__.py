@@ -11,7 +11,7 @@ from pathlib import Path
 
 from detach_framework.data.settings import DataSettings
 from detach_framework.plugins import hookimpl
-from detach_framework.registry import Registry
+from detach_framework.registry import Register
 
 from .dataset import OpportunityParams, OpportunityPPParams, build_opportunity
 from .fixture import write_opportunity_fixture
@@ -35,8 +35,8 @@ def build_pp(params: OpportunityPPParams, data: DataSettings):
 
 
 @hookimpl
-def detach_register_components(registry: Registry) -> None:
-    registry.add(
+def detach_register_components(register: Register) -> None:
+    register(
         kind="dataset",
         name="opportunity",
         factory=build_uci,
@@ -49,7 +49,7 @@ def detach_register_components(registry: Registry) -> None:
             "inspect": lambda root: inspect_opportunity(root, "uci"),
         },
     )
-    registry.add(
+    register(
         kind="dataset",
         name="opportunity_pp",
         factory=build_pp,

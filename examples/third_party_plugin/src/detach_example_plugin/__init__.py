@@ -7,7 +7,7 @@ from pydantic import Field
 from torch import nn
 
 from detach_framework.plugins import hookimpl
-from detach_framework.registry import ComponentParams
+from detach_framework.registry import ComponentParams, Register
 
 
 class TcnParams(ComponentParams):
@@ -41,8 +41,8 @@ class TcnSensorEncoder(nn.Module):
 
 
 @hookimpl
-def detach_register_components(registry) -> None:
-    registry.add(
+def detach_register_components(register: Register) -> None:
+    register(
         kind="sensor_encoder",
         name="example_tcn",
         factory=TcnSensorEncoder,
