@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from cli_helpers import QUICKSTART, run
 
 from detach_framework import plugins as plugin_module
-from detach_framework.cli import main
-
-ROOT = Path(__file__).resolve().parents[1]
-QUICKSTART = str(ROOT / "examples" / "quickstart.yaml")
-
-
-def run(capsys, *argv):
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def assert_one_line_error(code, err, *fragments):

@@ -13,22 +13,13 @@ from typing import Literal
 
 import pytest
 import yaml
+from cli_helpers import QUICKSTART, ROOT, run
 from conftest import tiny_spec
 from pydantic import Field
 
-from detach_framework.cli import main
 from detach_framework.errors import UserError
 from detach_framework.registry import ComponentParams, describe_params
 from detach_framework.spec import Experiment, apply_overrides, dump_spec, load_spec
-
-ROOT = Path(__file__).resolve().parents[1]
-QUICKSTART = str(ROOT / "examples" / "quickstart.yaml")
-
-
-def run(capsys, *argv):
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def notes_of(registry, *overrides, source=QUICKSTART):

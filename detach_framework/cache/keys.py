@@ -104,9 +104,8 @@ def source_digest(*classes: type) -> str:
 
 
 def frames_needed(model: nn.Module) -> bool:
-    """A temporal video head declaring input_kind 'frames' reads raw frames even when maps are cached."""
-    head = getattr(model, "video_temporal_head", None)
-    return head is not None and getattr(head, "input_kind", "maps") == "frames"
+    """Whether the model reads raw frames even when backbone maps are cached (AlignmentModel.reads_raw_frames)."""
+    return bool(model.reads_raw_frames)
 
 
 def plan_cache(context: CacheContext) -> CachePlan | None:

@@ -25,6 +25,7 @@ from detach_framework.data.video import VideoReader, probe_video, uniform_frame_
 from detach_framework.errors import UserError
 
 LABEL_MIN_COVERAGE = 0.5  # a window takes an action's label when it covers half of it (or half the window)
+_LABEL_CHUNK = 1 << 20  # window x action overlaps held at once by labelling_actions
 _FIT_CHUNK = 256  # windows per chunk when fitting the z-score
 
 
@@ -75,24 +76,33 @@ def label_segments(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return starts[keep], ends[keep], labels[starts[keep]].astype(np.int64)
 
 
-def window_labels(labels: np.ndarray, starts: np.ndarray, length: int) -> np.ndarray:
-    """Label of each window [s, s + length): the action overlapping it most, if that overlap covers at
-    least LABEL_MIN_COVERAGE of the action or of the window (long actions); otherwise Null (0)."""
+def labelling_actions(
+    starts: np.ndarray, window: float, onset: np.ndarray, dur: np.ndarray, *, cap_at_window: bool
+) -> np.ndarray:
+    """The one window-labelling rule: per window [s, s + window), the index of the action overlapping it most
+    (the earlier one on a tie), or -1 (Null) unless that overlap covers at least LABEL_MIN_COVERAGE of the
+    action or, with `cap_at_window`, of the window when the action is longer. Times in any one unit."""
+    starts, onset, dur = (np.asarray(a) for a in (starts, onset, dur))
+    taken = np.full(len(starts), -1, np.int64)
+    if len(onset) == 0:
+        return taken
+    need = LABEL_MIN_COVERAGE * (np.minimum(dur, window) if cap_at_window else dur) - 1e-9
+    rows = max(1, _LABEL_CHUNK // len(onset))
+    for lo in range(0, len(starts), rows):
+        s = starts[lo : lo + rows, None]
+        overlap = np.clip(np.minimum(s + window, (onset + dur)[None]) - np.maximum(s, onset[None]), 0.0, None)
+        best = overlap.argmax(axis=1)
+        most = overlap[np.arange(len(best)), best]
+        taken[lo : lo + rows] = np.where((most > 0) & (most >= need[best]), best, -1)
+    return taken
+
+
+def window_labels_from_samples(labels: np.ndarray, starts: np.ndarray, length: int) -> np.ndarray:
+    """Label of each window [s, s + length) of per-sample labels by `labelling_actions`, each run of one class
+    an action; capped at the window, since a reader's label runs (an activity, a long gesture) may outlast it."""
     seg_start, seg_end, seg_class = label_segments(labels)
-    out = np.zeros(len(starts), np.int64)
-    if len(seg_start) == 0:
-        return out
-    for i, s in enumerate(starts):
-        lo = np.searchsorted(seg_end, s, side="right")
-        hi = np.searchsorted(seg_start, s + length, side="left")
-        if hi <= lo:
-            continue
-        overlap = np.minimum(seg_end[lo:hi], s + length) - np.maximum(seg_start[lo:hi], s)
-        best = int(np.argmax(overlap))
-        need = LABEL_MIN_COVERAGE * min(seg_end[lo + best] - seg_start[lo + best], length)
-        if overlap[best] >= need:
-            out[i] = seg_class[lo + best]
-    return out
+    taken = labelling_actions(starts, length, seg_start, seg_end - seg_start, cap_at_window=True)
+    return np.append(seg_class, 0)[taken]  # -1 picks the appended Null
 
 
 class WindowedSource:
@@ -225,7 +235,7 @@ class WindowedSource:
                 )
                 starts = starts[inside]
         if rec.sample_labels is not None:
-            labels = window_labels(rec.sample_labels, starts, n)
+            labels = window_labels_from_samples(rec.sample_labels, starts, n)
         else:
             labels = np.full(len(starts), rec.label if rec.label is not None else 0, np.int64)
         fixtures = np.asarray([rec.fixture_of_class.get(int(c), -1) for c in labels], np.int64)

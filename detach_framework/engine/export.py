@@ -39,7 +39,7 @@ from detach_framework.engine.session import Session
 from detach_framework.errors import UserError
 from detach_framework.evaluation.probe import LinearClassifier
 from detach_framework.plugins import PluginHost
-from detach_framework.spec import StrictModel, load_spec
+from detach_framework.spec import StrictModel, first_error_line, load_spec
 
 EXPORT_FILE = "export.json"
 WEIGHTS_FILE = "sensor_encoder.safetensors"
@@ -131,9 +131,7 @@ def read_manifest(export_dir: str | Path) -> ExportManifest:
     try:
         return ExportManifest.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        where = ".".join(str(part) for part in first["loc"]) or "export"
-        raise UserError(f"{path}: {where}: {first['msg']}") from None
+        raise UserError(f"{path}: {first_error_line(exc, 'export')}") from None
 
 
 def encoder_from_export(export_dir: str | Path, host: PluginHost) -> FrozenSensorEncoder:
@@ -178,9 +176,7 @@ def _entry(host: PluginHost, slot: str, component: ExportedComponent | None, whe
     try:
         registered.params.model_validate(component.params)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        field = ".".join(str(part) for part in first["loc"])
-        raise UserError(f"{where}: {slot} '{component.name}' params {field}: {first['msg']}") from None
+        raise UserError(f"{where}: {slot} '{component.name}' params {first_error_line(exc, top='')}") from None
     return SimpleNamespace(name=component.name, **component.params)
 
 

@@ -17,15 +17,12 @@ from torch import nn
 from detach_framework.contracts import DatasetSource
 from detach_framework.errors import PluginError, UserError
 from detach_framework.registry import Component, Registry
+from detach_framework.spec import SLOT_KINDS
 
-# Slots whose outputs are checked against their contract on every call (cheap: a few shape comparisons).
-SLOT_KINDS = {
-    "video_backbone": "video_backbone",
-    "video_head": "video_head",
-    "sensor_encoder": "sensor_encoder",
-    "video_temporal_head": "video_head",
-    "sensor_temporal_encoder": "sensor_encoder",
-}
+# The slots returning embeddings [B, out_dim]; with the backbone, the slots whose outputs are checked against
+# their contract on every call (cheap: a few shape comparisons). spec.SLOT_KINDS gives each slot's component kind.
+EMBEDDING_SLOTS: tuple[str, ...] = ("video_head", "sensor_encoder", "video_temporal_head", "sensor_temporal_encoder")
+OUTPUT_CHECKED_SLOTS: tuple[str, ...] = ("video_backbone", *EMBEDDING_SLOTS)
 
 
 class OutputCheck:
@@ -112,14 +109,15 @@ class AlignmentModel(nn.Module):
             self.clusterer = registry.build(
                 "clusterer", spec.clusterer, num_samples=num_train, dim=int(self.sensor_encoder.out_dim)
             )
-        for slot in ("video_head", "sensor_encoder", "video_temporal_head", "sensor_temporal_encoder"):
+        for slot in EMBEDDING_SLOTS:
             part = getattr(self, slot)
             if part is not None and (not isinstance(part, nn.Module) or not hasattr(part, "out_dim")):
                 raise PluginError(f"model.{slot} '{getattr(spec, slot).name}' must be an nn.Module with `out_dim`")
-        for slot, kind in SLOT_KINDS.items():
+        for slot in OUTPUT_CHECKED_SLOTS:
             part = getattr(self, slot)
             if isinstance(part, nn.Module):
-                part.register_forward_hook(OutputCheck(slot, registry.get(kind, getattr(spec, slot).name)))
+                component = registry.get(SLOT_KINDS[slot], getattr(spec, slot).name)
+                part.register_forward_hook(OutputCheck(slot, component))
         mean = torch.tensor(self.video_backbone.mean, dtype=torch.float32).view(1, 1, 3, 1, 1)
         std = torch.tensor(self.video_backbone.std, dtype=torch.float32).view(1, 1, 3, 1, 1)
         # Folded so that normalisation is one multiply-add: (x / 255 - mean) / std.
@@ -131,6 +129,12 @@ class AlignmentModel(nn.Module):
     @property
     def decomposed(self) -> bool:
         return self.video_temporal_head is not None
+
+    @property
+    def reads_raw_frames(self) -> bool:
+        """Whether encoding reads raw frames besides backbone maps (so even with maps cached): a temporal head
+        declaring input_kind "frames"."""
+        return self.decomposed and reads_frames(self.video_temporal_head)
 
     def normalise_video(self, video: torch.Tensor) -> torch.Tensor:
         return video.float() * self.pixel_scale + self.pixel_shift
@@ -155,7 +159,7 @@ class AlignmentModel(nn.Module):
 
     def video_temporal_input(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """A temporal head declaring `input_kind = "frames"` sees normalised frames, others backbone maps."""
-        if reads_frames(self.video_temporal_head):
+        if self.reads_raw_frames:
             return self.normalise_video(batch["video"])
         return self.video_maps(batch)
 

@@ -13,19 +13,19 @@ from detach_framework.contracts import READ_RECORDING
 from detach_framework.data.settings import DataSettings
 from detach_framework.errors import UserError
 from detach_framework.plugins import hookimpl
-from detach_framework.registry import Registry
+from detach_framework.registry import Register
 
 from .dataset import KitchenSplit, SyntheticKitchen, check_fits_in_memory, resample_linear, resolve_nan
 from .opportunity_pp import export_opportunity_pp
 from .presets import PRESETS, Knobs, SyntheticKitchenParams
-from .scene import Recording, generate_recordings
+from .scene import SceneRecording, generate_recordings
 from .storage import load_recordings, read_sensor_recording
 
 __all__ = [
     "PRESETS",
     "KitchenSplit",
     "Knobs",
-    "Recording",
+    "SceneRecording",
     "SyntheticKitchen",
     "SyntheticKitchenParams",
     "build_synthetic_kitchen",
@@ -60,8 +60,8 @@ def build_synthetic_kitchen(params: SyntheticKitchenParams, data: DataSettings) 
 
 
 @hookimpl
-def detach_register_components(registry: Registry) -> None:
-    registry.add(
+def detach_register_components(register: Register) -> None:
+    register(
         kind="dataset",
         name="synthetic_kitchen",
         factory=build_synthetic_kitchen,

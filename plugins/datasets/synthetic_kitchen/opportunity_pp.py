@@ -39,7 +39,7 @@ from detach_plugins.datasets.opportunity.formats import (
 from .layout import ACTIVITY_NAMES, CLASS_NAMES, SENSOR_RATE_HZ, channel_layout
 from .presets import PRESETS
 from .render import KitchenRenderer
-from .scene import Recording, frame_states, generate_recordings
+from .scene import SceneRecording, frame_states, generate_recordings
 
 SESSIONS = ("ADL1", "ADL2", "ADL3", "ADL4", "ADL5", "Drill")
 LEAD_IN_S = 0.5  # the side camera starts this long (plus the clock offset) before the sensors
@@ -63,7 +63,7 @@ def opportunity_columns() -> list[int]:
     return columns
 
 
-def run_name(rec: Recording, index_in_subject: int) -> str:
+def run_name(rec: SceneRecording, index_in_subject: int) -> str:
     if index_in_subject >= len(SESSIONS):
         raise UserError(f"export_opportunity_pp: Opportunity has {len(SESSIONS)} runs per subject, not more")
     return f"S{rec.subject + 1}-{SESSIONS[index_in_subject]}"
@@ -82,7 +82,7 @@ def export_opportunity_pp(
     )
 
 
-def _write(root: Path, recordings: list[Recording], knobs, preset: str, seed: int, frame_size: int) -> None:
+def _write(root: Path, recordings: list[SceneRecording], knobs, preset: str, seed: int, frame_size: int) -> None:
     (root / "dataset").mkdir(parents=True)
     (root / "dataset" / "column_names.txt").write_text(column_names_text())
     (root / "dataset" / "label_legend.txt").write_text(label_legend_text())

@@ -2,39 +2,91 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Literal
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal, get_type_hints
 
-from pydantic import Field
+from pydantic import Field, create_model
 
 from detach_framework.registry import MAX_SEED, ComponentParams
 
 PresetName = Literal["tiny", "quickstart", "benchmark"]
 
 
+def _knob(description: str, **bounds: float) -> Any:
+    """A Knobs field: its description and pydantic bounds also make its override in SyntheticKitchenParams."""
+    return field(metadata={"description": description, "bounds": bounds})
+
+
 @dataclass(frozen=True)
 class Knobs:
-    """Every generation and rendering knob, resolved (no None): what a stored dataset records."""
+    """Every generation and rendering knob, resolved (no None): what a stored dataset records. Each knob is
+    declared here once; SyntheticKitchenParams derives its optional override (same bounds and description)."""
 
-    subjects: int
-    recordings_per_subject: int
-    recording_seconds: float
-    sensor_noise_std: float
-    crosstalk_gain: float
-    walking_vibration_gain: float
-    nan_burst_rate: float
-    max_clock_offset_s: float
-    flicker_amplitude: float
-    camera_jitter_px: float
-    fixture_motion_px: float
-    speed_spread: float
-    amplitude_spread: float
-    max_hold_s: float
-    handling_depth: float
-    baseline_wander_gain: float
-    min_open_extent: float
-    ajar_prob: float
-    reed_dropout_prob: float
+    subjects: int = _knob("Number of subjects (split subject-wise into train/val/test; at least 3).", ge=3, le=1000)
+    recordings_per_subject: int = _knob("Recordings per subject.", ge=1, le=1000)
+    # Generation time grows with the square of a recording's length (every action spans the whole stream).
+    recording_seconds: float = _knob(
+        "Length of each recording in seconds (sensor clock, at most an hour).", ge=10.0, le=3600.0
+    )
+    sensor_noise_std: float = _knob(
+        "Gaussian noise std on every channel, in units of an action's peak.", ge=0.0, le=100.0
+    )
+    crosstalk_gain: float = _knob(
+        "Fraction of a fixture's vibration felt by its nearest neighbour's accelerometer.", ge=0.0, le=10.0
+    )
+    walking_vibration_gain: float = _knob(
+        "Footstep vibration on every accelerometer, in units of an action's peak.", ge=0.0, le=100.0
+    )
+    nan_burst_rate: float = _knob(
+        "NaN bursts (packet loss) per channel group per minute of raw stream.", ge=0.0, le=60.0
+    )
+    max_clock_offset_s: float = _knob(
+        "Each recording's video clock is offset by U(-max, max) seconds.", ge=0.0, le=60.0
+    )
+    flicker_amplitude: float = _knob("Relative amplitude of the global illumination flicker.", ge=0.0, le=0.5)
+    camera_jitter_px: float = _knob(
+        "Camera shake std in pixels at a 64-pixel frame (scales with frame size).", ge=0.0, le=64.0
+    )
+    fixture_motion_px: float = _knob(
+        "How far a fully open fixture's panel shifts, in pixels at a 64-pixel frame (the P1 "
+        "signal; scales with frame size).",
+        ge=0.0,
+        le=64.0,
+    )
+    speed_spread: float = _knob("Log-std of the per-subject speed factor (walking and actions).", ge=0.0, le=1.0)
+    amplitude_spread: float = _knob("Log-std of the per-subject acceleration amplitude factor.", ge=0.0, le=1.0)
+    max_hold_s: float = _knob(
+        "A fixture is held open U(0.4, max) seconds (divided by the subject's speed) between its open and close.",
+        ge=0.4,
+        le=600.0,
+    )
+    handling_depth: float = _knob(
+        "While a fixture is held open the hand nudges it in by up to this much of full extent and "
+        "back out (up to once a second; unlabelled moves with the shared template; 0: it stays still).",
+        ge=0.0,
+        le=1.0,
+    )
+    baseline_wander_gain: float = _knob(
+        "Slow baseline wander of every accelerometer (bias drift, 0.03-0.3 Hz), std in units of "
+        "an action's peak (0: none).",
+        ge=0.0,
+        le=100.0,
+    )
+    min_open_extent: float = _knob(
+        "Each visit opens its fixture to U(min_open_extent, 1) of fully open (1: always fully); a "
+        "shallow open moves less and may leave the upper reed switches untripped.",
+        gt=0.0,
+        le=1.0,
+    )
+    ajar_prob: float = _knob(
+        "Probability that a close leaves its fixture ajar (extent 0.2-0.5, at most half the open "
+        "extent: the first of three reed switches stays on) until the fixture's next visit.",
+        ge=0.0,
+        le=1.0,
+    )
+    reed_dropout_prob: float = _knob(
+        "Probability that a fixture's reed-switch node sends nothing (NaN) for a whole recording.", ge=0.0, le=1.0
+    )
 
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)
@@ -89,100 +141,30 @@ PRESETS: dict[str, Knobs] = {
 }
 
 
-class SyntheticKitchenParams(ComponentParams):
-    """Synthetic kitchen: a preset plus optional knob overrides (None keeps the preset's value)."""
+def _knob_override_fields() -> dict[str, Any]:
+    """Per knob, an optional params field with the knob's bounds and description: None keeps the preset's value."""
+    types = get_type_hints(Knobs)
+    return {
+        f.name: (types[f.name] | None, Field(None, **f.metadata["bounds"], description=f.metadata["description"]))
+        for f in fields(Knobs)
+    }
 
+
+class _PresetParams(ComponentParams):
     preset: PresetName = Field(
         "quickstart",
         description="Size preset: 'tiny' (unit tests, ~50 windows per split), 'quickstart' (~1000 train "
         "windows), 'benchmark' (~12 000 windows, the calibrated sensor-side nuisances).",
     )
-    subjects: int | None = Field(
-        None, ge=3, le=1000, description="Number of subjects (split subject-wise into train/val/test; at least 3)."
-    )
-    recordings_per_subject: int | None = Field(None, ge=1, le=1000, description="Recordings per subject.")
-    # Generation time grows with the square of a recording's length (every action spans the whole stream).
-    recording_seconds: float | None = Field(
-        None, ge=10.0, le=3600.0, description="Length of each recording in seconds (sensor clock, at most an hour)."
-    )
-    sensor_noise_std: float | None = Field(
-        None, ge=0.0, le=100.0, description="Gaussian noise std on every channel, in units of an action's peak."
-    )
-    crosstalk_gain: float | None = Field(
-        None,
-        ge=0.0,
-        le=10.0,
-        description="Fraction of a fixture's vibration felt by its nearest neighbour's accelerometer.",
-    )
-    walking_vibration_gain: float | None = Field(
-        None, ge=0.0, le=100.0, description="Footstep vibration on every accelerometer, in units of an action's peak."
-    )
-    nan_burst_rate: float | None = Field(
-        None, ge=0.0, le=60.0, description="NaN bursts (packet loss) per channel group per minute of raw stream."
-    )
-    max_clock_offset_s: float | None = Field(
-        None, ge=0.0, le=60.0, description="Each recording's video clock is offset by U(-max, max) seconds."
-    )
-    flicker_amplitude: float | None = Field(
-        None, ge=0.0, le=0.5, description="Relative amplitude of the global illumination flicker."
-    )
-    camera_jitter_px: float | None = Field(
-        None, ge=0.0, le=64.0, description="Camera shake std in pixels at a 64-pixel frame (scales with frame size)."
-    )
-    fixture_motion_px: float | None = Field(
-        None,
-        ge=0.0,
-        le=64.0,
-        description="How far a fully open fixture's panel shifts, in pixels at a 64-pixel frame (the P1 "
-        "signal; scales with frame size).",
-    )
-    speed_spread: float | None = Field(
-        None, ge=0.0, le=1.0, description="Log-std of the per-subject speed factor (walking and actions)."
-    )
-    amplitude_spread: float | None = Field(
-        None, ge=0.0, le=1.0, description="Log-std of the per-subject acceleration amplitude factor."
-    )
-    max_hold_s: float | None = Field(
-        None,
-        ge=0.4,
-        le=600.0,
-        description="A fixture is held open U(0.4, max) seconds (divided by the subject's speed) between its "
-        "open and close.",
-    )
-    handling_depth: float | None = Field(
-        None,
-        ge=0.0,
-        le=1.0,
-        description="While a fixture is held open the hand nudges it in by up to this much of full extent and "
-        "back out (up to once a second; unlabelled moves with the shared template; 0: it stays still).",
-    )
-    baseline_wander_gain: float | None = Field(
-        None,
-        ge=0.0,
-        le=100.0,
-        description="Slow baseline wander of every accelerometer (bias drift, 0.03-0.3 Hz), std in units of "
-        "an action's peak (0: none).",
-    )
-    min_open_extent: float | None = Field(
-        None,
-        gt=0.0,
-        le=1.0,
-        description="Each visit opens its fixture to U(min_open_extent, 1) of fully open (1: always fully); a "
-        "shallow open moves less and may leave the upper reed switches untripped.",
-    )
-    ajar_prob: float | None = Field(
-        None,
-        ge=0.0,
-        le=1.0,
-        description="Probability that a close leaves its fixture ajar (extent 0.2-0.5, at most half the open "
-        "extent: the first of three reed switches stays on) until the fixture's next visit.",
-    )
-    reed_dropout_prob: float | None = Field(
-        None,
-        ge=0.0,
-        le=1.0,
-        description="Probability that a fixture's reed-switch node sends nothing (NaN) for a whole recording.",
-    )
+
+
+# preset, then the knobs in Knobs' order, then root and seed: the params' field order, kept in dumps and the schema.
+_PresetAndKnobParams = create_model("_PresetAndKnobParams", __base__=_PresetParams, **_knob_override_fields())
+
+
+class SyntheticKitchenParams(_PresetAndKnobParams):
+    """Synthetic kitchen: a preset plus optional knob overrides (None keeps the preset's value)."""
+
     root: str | None = Field(
         None,
         description="Read a dataset previously written by SyntheticKitchen.export from this directory "

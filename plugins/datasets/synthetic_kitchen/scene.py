@@ -1,7 +1,7 @@
 """Ground truth of the synthetic kitchen: per recording a timeline of visits, the person's path, and the
 raw 30 Hz ambient sensor stream (with its nuisances) that this timeline produces.
 
-Everything a renderer or a window needs is stored on `Recording`, so an exported dataset read back from
+Everything a renderer or a window needs is stored on `SceneRecording`, so an exported dataset read back from
 disk reproduces the same samples without regenerating anything.
 """
 
@@ -52,9 +52,13 @@ WANDER_HZ = (0.03, 0.3)
 
 
 @dataclass
-class Recording:
+class SceneRecording:
     """One recording's ground truth. Times are seconds on the sensor clock; the video clock reads
-    `t + clock_offset` at sensor time t."""
+    `t + clock_offset` at sensor time t.
+
+    Not a `detach_framework.data.recordings.Recording` (a reader's stream, per-sample labels and a video file):
+    this is the scene the sensor stream was generated from and the video is rendered from on access, and its
+    actions are intervals in seconds; the kitchen cuts its windows itself (see dataset.py)."""
 
     rec_id: int
     subject: int
@@ -108,9 +112,9 @@ def _seed_entropy(seed: int) -> int:
     return int(seed) & 0xFFFFFFFFFFFFFFFF  # SeedSequence wants a non-negative int
 
 
-def generate_recordings(knobs: Knobs, seed: int) -> list[Recording]:
+def generate_recordings(knobs: Knobs, seed: int) -> list[SceneRecording]:
     """All recordings of all subjects, deterministic in (knobs, seed)."""
-    recordings: list[Recording] = []
+    recordings: list[SceneRecording] = []
     for subject in range(knobs.subjects):
         traits = np.random.default_rng(np.random.SeedSequence([_seed_entropy(seed), 1, subject]))
         speed = float(np.exp(knobs.speed_spread * traits.standard_normal()).clip(0.6, 1.6))
@@ -141,14 +145,14 @@ def _generate_recording(
     speed: float,
     amplitude: float,
     shirt: np.ndarray,
-) -> Recording:
+) -> SceneRecording:
     # Separate streams per concern, so e.g. switching NaN bursts off leaves the timeline unchanged.
     ss = np.random.SeedSequence([_seed_entropy(seed), 2, subject, index])
     streams = (np.random.default_rng(s) for s in ss.spawn(6))
     timeline_rng, sensor_rng, nan_rng, video_rng, node_rng, extent_rng = streams
     duration = float(knobs.recording_seconds)
     visits, keyframes = _timeline(timeline_rng, activity, duration, speed, knobs.max_hold_s)
-    rec = Recording(
+    rec = SceneRecording(
         rec_id=rec_id,
         subject=subject,
         activity=activity,
@@ -275,7 +279,7 @@ class Move:
 
 
 def _nudges(
-    rng: np.random.Generator, max_depth: float, rec: Recording, open_extent: np.ndarray
+    rng: np.random.Generator, max_depth: float, rec: SceneRecording, open_extent: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(visit, onset, depth) of the nudges during every hold: Poisson times, at least one nudge apart."""
     visit, onset = [], []
@@ -293,7 +297,7 @@ def _nudges(
     return np.asarray(visit, np.int64), np.asarray(onset, np.float64), np.minimum(depth, open_extent[visit])
 
 
-def fixture_moves(rec: Recording) -> list[Move]:
+def fixture_moves(rec: SceneRecording) -> list[Move]:
     """Every open, nudge and close in onset order; an open starts where the fixture's previous close left
     it. Only opens and closes are labelled actions."""
     moves: list[Move] = []
@@ -310,7 +314,7 @@ def fixture_moves(rec: Recording) -> list[Move]:
     return moves  # visits never overlap, so this is onset order
 
 
-def fixture_extents(rec: Recording, times: np.ndarray) -> np.ndarray:
+def fixture_extents(rec: SceneRecording, times: np.ndarray) -> np.ndarray:
     """[len(times), F] opening extent of every fixture."""
     out = np.zeros((len(times), NUM_FIXTURES))
     if not times.size:
@@ -331,7 +335,7 @@ def fixture_extents(rec: Recording, times: np.ndarray) -> np.ndarray:
 
 
 def synthesize_sensor(
-    rec: Recording,
+    rec: SceneRecording,
     knobs: Knobs,
     rng: np.random.Generator,
     nan_rng: np.random.Generator,
@@ -386,7 +390,7 @@ def _wander(t: np.ndarray, channels: int, rng: np.random.Generator) -> np.ndarra
 
 def _add_footsteps(
     sig: np.ndarray,
-    rec: Recording,
+    rec: SceneRecording,
     t: np.ndarray,
     gain: float,
     accel: dict[int, np.ndarray],
@@ -424,7 +428,9 @@ class FrameStates:
     jitter: np.ndarray  # [T, 2] camera shake (dx, dy) in pixels at a 64-pixel frame
 
 
-def frame_states(rec: Recording, video_times: np.ndarray, flicker_amplitude: float, jitter_px: float) -> FrameStates:
+def frame_states(
+    rec: SceneRecording, video_times: np.ndarray, flicker_amplitude: float, jitter_px: float
+) -> FrameStates:
     """Scene state at times on the video clock (already offset); times past either end clamp."""
     t = np.clip(np.asarray(video_times, np.float64), 0.0, rec.duration)
     walked = np.interp(t, rec.kf_t, rec.kf_s)

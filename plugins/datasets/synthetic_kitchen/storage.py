@@ -18,7 +18,7 @@ from detach_framework.errors import UserError
 
 from .layout import SENSOR_RATE_HZ, channel_layout
 from .presets import Knobs
-from .scene import Recording
+from .scene import SceneRecording
 
 FORMAT = "detach-synthetic-kitchen"
 VERSION = 2  # 2: per-visit open and rest extents, nudges
@@ -30,10 +30,10 @@ class StoredKitchen:
     preset: str
     seed: int
     knobs: Knobs
-    recordings: list[Recording]
+    recordings: list[SceneRecording]
 
 
-def export_recordings(out_dir: Path, preset: str, seed: int, knobs: Knobs, recordings: list[Recording]) -> None:
+def export_recordings(out_dir: Path, preset: str, seed: int, knobs: Knobs, recordings: list[SceneRecording]) -> None:
     """Write into a temporary sibling directory, then rename it into place (all or nothing)."""
 
     def fill(tmp: Path) -> None:
@@ -41,8 +41,8 @@ def export_recordings(out_dir: Path, preset: str, seed: int, knobs: Knobs, recor
         for rec in recordings:
             name = f"recording_{rec.rec_id:04d}.npz"
             with open(tmp / name, "wb") as fh:
-                np.savez(fh, **{k: np.asarray(getattr(rec, k)) for k in Recording.array_fields()})
-            entries.append({"file": name, **{k: getattr(rec, k) for k in Recording.SCALARS}})
+                np.savez(fh, **{k: np.asarray(getattr(rec, k)) for k in SceneRecording.array_fields()})
+            entries.append({"file": name, **{k: getattr(rec, k) for k in SceneRecording.SCALARS}})
         manifest = {
             "format": FORMAT,
             "version": VERSION,
@@ -84,10 +84,10 @@ def load_recordings(root: Path) -> StoredKitchen:
     return StoredKitchen(preset=preset, seed=seed, knobs=knobs, recordings=recordings)
 
 
-def _load_recording(root: Path, entry: dict, manifest_path: Path) -> Recording:
+def _load_recording(root: Path, entry: dict, manifest_path: Path) -> SceneRecording:
     try:
         name = str(entry["file"])
-        scalars = {k: entry[k] for k in Recording.SCALARS}
+        scalars = {k: entry[k] for k in SceneRecording.SCALARS}
     except (KeyError, TypeError) as exc:
         raise UserError(f"synthetic_kitchen root: bad recording entry in {manifest_path}: {exc}") from None
     path = root / name
@@ -95,8 +95,8 @@ def _load_recording(root: Path, entry: dict, manifest_path: Path) -> Recording:
         raise UserError(f"synthetic_kitchen root: {path} not found (listed in {manifest_path})")
     try:
         with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in Recording.array_fields()}
-        rec = Recording(**scalars, **arrays)
+            arrays = {k: npz[k] for k in SceneRecording.array_fields()}
+        rec = SceneRecording(**scalars, **arrays)
         n = int(round(rec.duration * SENSOR_RATE_HZ))
         if rec.sensor.shape != (len(channel_layout().names), n) or rec.sensor.dtype != np.float32:
             raise ValueError(
