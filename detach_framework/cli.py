@@ -60,10 +60,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=int, default=1, help="processes on this node: relaunches under torchrun")
     p = command("ablate", "run a study: variants x seeds of a base spec, then study.csv / study.md / study.png")
     p.add_argument("study")
-    p.add_argument("--jobs", type=int, default=1, help="runs at a time (each gets its share of the CPU threads)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at a time: local processes (each with its share of the CPU threads, and its own GPU when "
+        "several are visible), or submitit jobs queued or running",
+    )
     p.add_argument("--out", type=Path, help="default: runs/studies/<study name>")
     p.add_argument("--seeds", help="comma-separated subset of the study's seeds to run now (tables use all)")
     p.add_argument("--dry-run", action="store_true", help="list the runs it would start and skip; start none")
+    p.add_argument(
+        "--executor",
+        choices=("local", "submitit"),
+        default="local",
+        help="where runs execute: subprocesses here, or one SLURM job each through submitit (the slurm extra)",
+    )
+    p.add_argument("--slurm-partition", help="submitit: the partition of every run's job (default: the cluster's)")
+    p.add_argument("--slurm-time", type=int, metavar="MINUTES", help="submitit: time limit per run (default 1440)")
+    p.add_argument("--slurm-cpus", type=int, help="submitit: CPUs per run, also its thread count")
+    p.add_argument("--slurm-gpus", type=int, help="submitit: GPUs per run (default: the cluster's)")
+    p.add_argument(
+        "--slurm-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="submitit: any other sbatch option of every job, e.g. account=mylab or mem=32G (repeatable)",
+    )
     p = command(
         "eval",
         "evaluate a run directory again: rewrite its summary.json, or with eval.* overrides write "
@@ -238,10 +261,49 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     if args.dry_run:
         print("\n".join(dry_run(args.study, _host(args).registry, out, seeds=seeds)))
         return 0
-    result = run_study(args.study, _host(args).registry, out, jobs=args.jobs, seeds=seeds, plugins=args.plugin or [])
+    registry = _host(args).registry
+    executor = _study_executor(args, out)  # before planning: a missing submitit fails at once
+    result = run_study(args.study, registry, out, seeds=seeds, plugins=args.plugin or [], executor=executor)
     print((out / "study.md").read_text(), end="")
     print(f"wrote {out / 'study.csv'}, {out / 'study.md'}, {out / 'study.png'} ({len(result['rows'])} runs)")
     return 0
+
+
+def _study_executor(args: argparse.Namespace, out: Path):
+    """The executor `--executor` names, `--jobs` runs at a time; submitit's files go to OUT/submitit/."""
+    from detach_framework.engine.executors import LocalPool, SlurmSettings, submitit_pool
+
+    slurm = {
+        "--slurm-partition": args.slurm_partition,
+        "--slurm-time": args.slurm_time,
+        "--slurm-cpus": args.slurm_cpus,
+        "--slurm-gpus": args.slurm_gpus,
+        "--slurm-option": args.slurm_option or None,
+    }
+    if args.executor == "local":
+        given = [flag for flag, value in slurm.items() if value is not None]
+        if given:
+            raise UserError(f"{given[0]} applies only to --executor submitit")
+        return LocalPool(args.jobs)
+    for flag, value, least in (("--slurm-time", args.slurm_time, 1), ("--slurm-cpus", args.slurm_cpus, 1)):
+        if value is not None and value < least:
+            raise UserError(f"{flag} {value}: expected a positive number")
+    if args.slurm_gpus is not None and args.slurm_gpus < 0:
+        raise UserError(f"--slurm-gpus {args.slurm_gpus}: expected 0 or more")
+    options = {}
+    for item in args.slurm_option:
+        key, equals, value = item.partition("=")
+        if not (key.strip() and equals):
+            raise UserError(f"--slurm-option {item}: expected KEY=VALUE, an sbatch option such as account=mylab")
+        options[key.strip().removeprefix("--")] = value
+    settings = SlurmSettings(
+        partition=args.slurm_partition,
+        time_min=args.slurm_time,
+        cpus=args.slurm_cpus,
+        gpus=args.slurm_gpus,
+        options=options,
+    )
+    return submitit_pool(out / "submitit", settings, slots=args.jobs)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

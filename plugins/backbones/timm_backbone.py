@@ -18,8 +18,9 @@ from typing import Any
 import timm
 import torch
 from pydantic import Field
-from timm.data import resolve_model_data_config
+from timm.data import DEFAULT_CROP_PCT, resolve_model_data_config
 from torch import nn
+from torchvision.transforms.v2.functional import InterpolationMode, center_crop, resize
 
 from detach_framework.contracts import VideoBackboneParams
 from detach_framework.errors import PluginError, UserError
@@ -27,6 +28,12 @@ from detach_framework.errors import PluginError, UserError
 # timm reports checkpoint keys it could not place only through this logger (at INFO), never by raising.
 _TIMM_BUILDER_LOGGER = "timm.models._builder"
 _MISSING_KEYS = re.compile(r"Missing keys \((.*)\) discovered")
+# The interpolations torchvision offers for tensors (timm configs may also name PIL's lanczos, box, hamming).
+_TENSOR_INTERPOLATIONS = {
+    "bilinear": InterpolationMode.BILINEAR,
+    "bicubic": InterpolationMode.BICUBIC,
+    "nearest": InterpolationMode.NEAREST,
+}
 
 
 class TimmBackboneParams(VideoBackboneParams):
@@ -54,6 +61,12 @@ class TimmBackboneParams(VideoBackboneParams):
     )
     drop_path_rate: float = Field(
         default=0.0, ge=0.0, lt=1.0, description="stochastic depth rate for models that support it"
+    )
+    resize: bool = Field(
+        default=False,
+        description="preprocess frames as timm does for this model (its data config): scale to input_size / "
+        "crop_pct with its interpolation keeping the aspect ratio (or as its crop_mode says), centre-crop to "
+        "input_size; false: frames reach the model at the data's frame size. Its mean/std apply either way",
     )
 
 
@@ -136,6 +149,9 @@ def _create(params: TimmBackboneParams) -> nn.Module:
 class TimmVideoBackbone(nn.Module):
     """forward(video [B, T, 3, H, W]) -> maps [B, T, D, h, w] (h = w = 1 with `pool`).
 
+    `mean`/`std` (the alignment model normalises frames with them) come from the timm data config; with `resize`
+    the frames are also scaled and cropped as that config says before the model sees them.
+
     CNN feature maps pass through; ViT-style tokens lose their prefix (class/register) tokens and are
     folded back into the patch grid.
     """
@@ -152,19 +168,52 @@ class TimmVideoBackbone(nn.Module):
         self.mean: tuple[float, float, float] = tuple(float(v) for v in config["mean"])  # type: ignore[assignment]
         self.std: tuple[float, float, float] = tuple(float(v) for v in config["std"])  # type: ignore[assignment]
         self.input_size: tuple[int, int, int] = tuple(int(v) for v in config["input_size"])  # type: ignore[assignment]
+        self.resize = params.resize
+        self.crop_pct = float(config.get("crop_pct") or DEFAULT_CROP_PCT)
+        self.crop_mode = str(config.get("crop_mode") or "center")
+        self.interpolation = str(config["interpolation"])
+        if params.resize and self.interpolation not in _TENSOR_INTERPOLATIONS:
+            raise UserError(
+                f"timm model '{params.model}': its data config resizes with {self.interpolation} interpolation, "
+                f"which tensors lack (they offer {', '.join(_TENSOR_INTERPOLATIONS)}); set resize: false"
+            )
+        if params.resize and self.crop_mode not in ("center", "squash", "border"):
+            raise UserError(f"timm model '{params.model}': unknown crop_mode '{self.crop_mode}' in its data config")
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         if video.ndim != 5:
             raise ValueError(f"timm backbone expects video [B, T, 3, H, W], got shape {tuple(video.shape)}")
-        batch, frames, _, height, width = video.shape
+        batch, frames = video.shape[:2]
         # All frames as one batch of B*T images: one model call instead of a loop over time.
-        features = self.model.forward_features(video.flatten(0, 1))
+        images = video.flatten(0, 1)
+        if self.resize:
+            images = self._preprocess_as_timm(images)
+        height, width = images.shape[-2:]
+        features = self.model.forward_features(images)
         if self.pool:
             vectors = self.model.forward_head(features, pre_logits=True)
             maps = vectors[:, :, None, None]
         else:
             maps = self._to_maps(features, height, width)
         return maps.unflatten(0, (batch, frames))
+
+    def _preprocess_as_timm(self, images: torch.Tensor) -> torch.Tensor:
+        """timm's evaluation preprocessing of this model, on normalised frames (resizing is linear, so it commutes
+        with the per-channel normalisation): scale to input_size / crop_pct, then centre-crop to input_size.
+        center scales the short side (the image covers the scaled size), squash each side on its own, border the
+        long side (padding, 0 here: the mean colour, fills the rest)."""
+        _, crop_height, crop_width = self.input_size
+        scaled = [math.floor(crop_height / self.crop_pct), math.floor(crop_width / self.crop_pct)]
+        height, width = images.shape[-2:]
+        if self.crop_mode == "squash":
+            size = scaled
+        elif self.crop_mode == "center" and scaled[0] == scaled[1]:
+            size = [scaled[0]]  # torchvision's shortest-edge resize, as timm uses for a square input size
+        else:
+            ratio = (max if self.crop_mode == "center" else min)(scaled[0] / height, scaled[1] / width)
+            size = [round(height * ratio), round(width * ratio)]
+        images = resize(images, size, interpolation=_TENSOR_INTERPOLATIONS[self.interpolation], antialias=True)
+        return center_crop(images, [crop_height, crop_width])  # pads with zeros where the image is smaller
 
     def _to_maps(self, features: torch.Tensor, height: int, width: int) -> torch.Tensor:
         if features.ndim == 4:
