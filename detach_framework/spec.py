@@ -233,15 +233,23 @@ UID_EXCLUDE: dict[str, Any] = {
 }
 # Fields added after uids were published, left out of the hash while at their default so that a spec not
 # setting them keeps its uid (and its run directory, checkpoints and resume).
-UID_NEUTRAL_DEFAULTS: dict[tuple[str, str], Any] = {("runtime", "precision"): "fp32"}
+UID_NEUTRAL_DEFAULTS: dict[tuple[str, ...], Any] = {
+    ("runtime", "precision"): "fp32",
+    ("model", "video_temporal_head", "segments"): 1,
+    ("model", "sensor_temporal_encoder", "segments"): 1,
+    ("model", "video_backbone", "resize"): False,  # the timm backbone's
+}
 
 
 def spec_uid(spec: BaseModel) -> str:
     """Readable summary of the chosen components + a short hash of every result-changing setting."""
     payload = spec.model_dump(mode="json", exclude=UID_EXCLUDE)
-    for (section, key), default in UID_NEUTRAL_DEFAULTS.items():
-        if payload[section].get(key) == default:
-            del payload[section][key]
+    for (*parents, key), default in UID_NEUTRAL_DEFAULTS.items():
+        section = payload
+        for name in parents:
+            section = section.get(name) if isinstance(section, dict) else None
+        if isinstance(section, dict) and key in section and section[key] == default:
+            del section[key]
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]
     parts = [spec.data.dataset.name, spec.model.video_backbone.name, spec.model.sensor_encoder.name]
     parts += [stage.aligner.name for stage in spec.stages]
@@ -613,6 +621,14 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel], regist
     messages = [_format_one(err, model, registry) for err in errors[:3]]
     more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
     return " | ".join(messages) + more
+
+
+def first_error_line(exc: ValidationError, top: str = "<top>") -> str:
+    """`dotted.path: message` of the first error (`top` for the path of the input as a whole): for a file whose
+    model has no component slots (a study, an export manifest), where format_validation_error is not needed."""
+    first = exc.errors(include_url=False)[0]
+    where = ".".join(str(part) for part in first["loc"]) or top
+    return f"{where}: {first['msg']}"
 
 
 def _format_one(err: dict[str, Any], model: type[BaseModel], registry: Registry) -> str:

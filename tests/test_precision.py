@@ -27,8 +27,9 @@ from detach_plugins.methods.imu2clip import InfoNceLoss, InfoNceParams
 CPU = torch.device("cpu")
 BF16 = {"device": "cpu", "progress": "off", "tensorboard": False, "precision": "bf16"}
 # `detach validate examples/quickstart.yaml` as if runtime.precision did not exist: the fp32 default must keep it.
-# (Pinned since the uid left out the eval section; 66ef958b14 before.)
-QUICKSTART_UID = "synthetic_kitchen-small_cnn-detach_sensor_spatial-detach_spatial-detach_temporal-80bde882cb"
+# (Pinned since stage 2 took temporal_weight_after_epochs, which entered the uid; 80bde882cb before it, and
+# 66ef958b14 before the uid left out the eval section.)
+QUICKSTART_UID = "synthetic_kitchen-small_cnn-detach_sensor_spatial-detach_spatial-detach_temporal-48fbef188c"
 
 
 def write(tmp_path: Path, spec: dict) -> str:

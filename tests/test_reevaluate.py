@@ -63,6 +63,24 @@ def test_eval_overrides_write_an_eval_directory_and_keep_the_training_summary(tr
     assert sorted(p.name for p in (trained / "plots").iterdir()) == plots_before
 
 
+def test_eval_split_val_scores_the_validation_subjects(trained, capsys, registry, host):
+    """eval.split=val: the probe is still fitted on train, and scores the validation windows instead of the test
+    ones (for choosing hyperparameters); the summary says which split it scored."""
+    from detach_framework.engine.session import build_source
+
+    capsys.readouterr()
+    assert main(["eval", str(trained), "eval.split=val"]) == 0
+    assert "val windows)" in capsys.readouterr().out
+    spec = load_spec(trained / "spec.yaml", registry, ["eval.split=val"])
+    summary = json.loads((trained / "eval" / eval_uid(spec) / "summary.json").read_text())
+    source = build_source(spec, host)
+    assert summary["split"] == "val" and "test_samples" not in summary
+    assert summary["val_samples"] == len(source.split("val")) != len(source.split("test"))
+    own = json.loads((trained / "summary.json").read_text())
+    assert own["split"] == "test" and own["test_samples"] == len(source.split("test"))
+    assert summary["metrics"]["weighted_f1"] != own["metrics"]["weighted_f1"]
+
+
 def test_eval_without_overrides_rewrites_the_run_summary(trained, capsys):
     assert main(["eval", str(trained)]) == 0
     assert f"wrote {trained / 'summary.json'}" in capsys.readouterr().out

@@ -90,3 +90,22 @@ def test_example_studies_plan(tmp_path):
     for path in studies:
         study, runs = plan(path, load_plugins().registry, tmp_path)
         assert len(runs) == len(study.variants) * len(study.seeds), path.name
+
+
+def test_studies_naming_one_runs_dir_share_their_runs(tmp_path):
+    """The default keeps each study's runs in <out>/runs/; a shared `runs_dir` gives two studies one directory per
+    uid, so a run one study trained is the other's (and "@variant" paths, hence uids, agree between them)."""
+    from detach_framework.engine.study import plan
+
+    registry = load_plugins().registry
+    study = write_study(tmp_path, {"full": {}, "reuse": {"stages.0.init_from": "@full"}})
+    _, alone = plan(study, registry, tmp_path / "studies" / "a")
+    assert all(run.run_dir.parent == tmp_path / "studies" / "a" / "runs" for run in alone)
+    data = yaml.safe_load(open(study))
+    planned = {}
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({**data, "name": name, "runs_dir": "../shared"}))
+        planned[name] = plan(tmp_path / f"{name}.yaml", registry, tmp_path / "studies" / name)[1]
+    assert [r.run_dir for r in planned["a"]] == [r.run_dir for r in planned["b"]]
+    assert planned["a"][0].run_dir.parent == tmp_path / "studies" / "shared"
+    assert planned["a"][1].spec.stages[0].init_from == str(planned["a"][0].run_dir)

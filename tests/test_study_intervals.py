@@ -113,12 +113,33 @@ def test_study_outputs_carry_the_paired_differences(tmp_path):
 def test_example_studies_run_on_the_benchmark_preset_and_quick_ones_are_labelled(tmp_path):
     registry = load_plugins().registry
     assert [load_study(STUDIES / f"table{n}.yaml").name for n in (1, 2, 3)] == ["table1", "table2", "table3"]
-    studies = [(p, "benchmark") for p in STUDIES.glob("*.yaml")]
+    studies = [(STUDIES / f"table{n}.yaml", "benchmark") for n in (1, 2, 3)]
     studies += [(p, "quickstart") for p in (STUDIES / "quick").glob("*.yaml")]
-    assert len(studies) == 6
+    assert len(studies) == 6 and sorted(p.name for p in STUDIES.glob("*.yaml"))[-1] == "table3.yaml"
     for path, preset in studies:
         study, runs = plan(path, registry, tmp_path / path.stem)
         assert study.seeds == [42, 0, 1], path
         assert study.name.endswith("_quick") == (preset == "quickstart"), path
         assert len(runs) == len(study.variants) * len(study.seeds), path
         assert {run.spec.data.dataset.preset for run in runs} == {preset}, path
+
+
+def test_the_learning_rate_study_scores_validation_and_shares_table1s_runs(tmp_path):
+    """table1_lr.yaml gives every trained method the same grid, on validation subjects only, and each method's
+    chosen rate is the very run table1.yaml evaluates on the test subjects for seed 42."""
+    registry = load_plugins().registry
+    lr_study, lr_runs = plan(STUDIES / "table1_lr.yaml", registry, tmp_path / "studies" / "table1_lr")
+    _, table_runs = plan(STUDIES / "table1.yaml", registry, tmp_path / "studies" / "table1")
+    assert lr_study.seeds == [42] and {run.spec.eval.split for run in lr_runs} == {"val"}
+    assert {run.spec.data.dataset.preset for run in lr_runs} == {"benchmark"}
+    assert {run.spec.eval.split for run in table_runs} == {"test"}
+    methods = {run.variant.rsplit("_lr", 1)[0] for run in lr_runs}
+    assert methods == {"detach", "imu2clip", "primus", "comodo", "evi_mae", "supervised"}
+    for method in methods:
+        rates = {run.variant.rsplit("_lr", 1)[1] for run in lr_runs if run.variant.startswith(method + "_lr")}
+        assert rates == {"3e-4", "1e-3", "3e-3"}, method
+    # Each trained method's seed-42 row of Table 1 is one point of the grid (the rate chosen on validation).
+    grid_dirs = {run.run_dir: run.variant for run in lr_runs}
+    for run in table_runs:
+        if run.seed == 42 and run.variant != "floor":
+            assert grid_dirs[run.run_dir].rsplit("_lr", 1)[0] == run.variant, run.variant

@@ -48,17 +48,24 @@ def embed_split(session: Session, split: str) -> EmbeddingSet:
     )
 
 
-def read_evaluated_checkpoint(
-    spec: Experiment, run: RunDirectory, device: torch.device | str
-) -> tuple[dict[str, Any], Path]:
-    """The checkpoint `eval.checkpoint` names (last.pt when there is no best.pt), refusing one written under
-    another spec uid. Evaluation, `detach export` and `load_encoder` all choose through here."""
+def evaluated_checkpoint_path(spec: Experiment, run: RunDirectory) -> Path:
+    """The checkpoint file `eval.checkpoint` names (last.pt when there is no best.pt); reading nothing, so a
+    caller can refuse a run without one before building its dataset."""
     name = BEST if spec.eval.checkpoint == "best" else LAST
     path = run.checkpoints / name
     if not path.is_file():
         path = run.checkpoints / LAST
     if not path.is_file():
         raise UserError(f"{run.checkpoints} holds no checkpoint (the run never finished an epoch)")
+    return path
+
+
+def read_evaluated_checkpoint(
+    spec: Experiment, run: RunDirectory, device: torch.device | str
+) -> tuple[dict[str, Any], Path]:
+    """The checkpoint `evaluated_checkpoint_path` chooses, refusing one written under another spec uid.
+    Evaluation, `detach report`, `detach export` and `load_encoder` all choose through here."""
+    path = evaluated_checkpoint_path(spec, run)
     state = load_checkpoint(path, map_location=device)
     if state.get("uid") != spec.uid:
         raise UserError(

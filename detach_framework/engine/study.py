@@ -2,10 +2,11 @@
 study.md, a plot.
 
 Each run lives in `<study dir>/runs/<uid>/` (or the study's `runs_dir`, which several studies may share); a run
-whose summary.json exists is complete and skipped, an interrupted one is resumed. Runs go one after another in
-this process, or `jobs` at a time as `python -m detach_framework train` subprocesses (each with its share of the
-CPU threads). The uid leaves the eval section out, so variants differing only in eval.* share one trained run:
-one of them trains it, the others are `detach eval` subprocesses writing `<run>/eval/<eval-uid>/`.
+whose summary.json exists is complete and skipped, an interrupted one is resumed. Each run is one
+`python -m detach_framework train` command started by an executor (engine/executors.py: `jobs` local
+subprocesses at a time, or SLURM jobs through submitit); a run starts as soon as a slot is free and no run it
+waits for is unfinished. The uid leaves the eval section out, so variants differing only in eval.* share one
+trained run: one of them trains it, the others are `detach eval` commands writing `<run>/eval/<eval-uid>/`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import io
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -27,10 +27,11 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from detach_framework.atomic import atomic_write_text
+from detach_framework.engine.executors import Executor, JobHandle, LocalPool, Outcome
 from detach_framework.engine.rundir import SPEC_FILE, SUMMARY_FILE, RunDirectory
 from detach_framework.errors import UserError
 from detach_framework.registry import Registry
-from detach_framework.spec import Experiment, dump_spec, eval_uid, load_spec, print_note, read_yaml
+from detach_framework.spec import Experiment, dump_spec, eval_uid, first_error_line, load_spec, print_note, read_yaml
 
 STUDY_SCHEMA_FILE = "study.schema.json"
 
@@ -162,9 +163,7 @@ def load_study(path: str | Path) -> StudySpec:
     try:
         return StudySpec.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        where = ".".join(str(x) for x in first["loc"]) or "<top>"
-        raise UserError(f"{path}: {where}: {first['msg']}") from None
+        raise UserError(f"{path}: {first_error_line(exc)}") from None
 
 
 def plan(
@@ -274,14 +273,16 @@ class _Job:
     """A started run: `detach train` of a trained run, or `detach eval` of an evaluation-only variant."""
 
     run: PlannedRun
-    process: subprocess.Popen
+    handle: JobHandle
     label: str  # "[3/8]": its place in the start order
     started: float
 
-    def blocks(self, run: PlannedRun) -> bool:
-        """`run` must wait: it writes the same run directory (one writer at a time), or reuses this one's stage."""
-        needs = {stage.init_from for stage in run.spec.stages if stage.init_from}
-        return self.run.run_dir == run.run_dir or str(self.run.run_dir) in needs
+
+def _waits_for(run: PlannedRun, other: PlannedRun) -> bool:
+    """`run` may not start while `other` runs or is queued before it: it writes the same run directory (one
+    writer at a time), or reuses that run's stage (init_from)."""
+    needs = {stage.init_from for stage in run.spec.stages if stage.init_from}
+    return other.run_dir == run.run_dir or str(other.run_dir) in needs
 
 
 def run_study(
@@ -293,69 +294,105 @@ def run_study(
     seeds: list[int] | None = None,
     plugins: list[str] | None = None,
     log: Callable[[str], None] = print,
+    executor: Executor | None = None,
 ) -> dict[str, Any]:
+    """Run the study's pending runs on `executor` (default: `jobs` local subprocesses at a time), then write
+    its tables from every complete run."""
     study, runs = plan(study_file, registry, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # `seeds` restricts what runs now; the tables always gather every complete run of the study.
     pending = pending_runs(runs, seeds)
-    log(f"study {study.name}: {len(runs)} runs, {len(runs) - len(pending)} already complete, {len(pending)} to run")
+    complete = sum(run.complete for run in runs)
+    later = len(runs) - complete - len(pending)  # neither complete nor among `seeds`
+    log(
+        f"study {study.name}: {len(runs)} runs, {complete} already complete, {len(pending)} to run"
+        + (f", {later} left for other seeds" if later else "")
+    )
     # Trainings before evaluations (an evaluation-only variant needs its trained run); identical variants once.
     starts: dict[Path, PlannedRun] = {}
     for run in sorted(pending, key=lambda r: not r.trains):  # a stable sort: plan order otherwise
         starts.setdefault(run.summary_file, run)
-    queue = list(starts.values())
-    threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
-    active: list[_Job] = []
-    failures: list[str] = []
-    for index, run in enumerate(queue, start=1):
-        label = f"[{index}/{len(queue)}]"
-        while len(active) >= jobs or any(job.blocks(run) for job in active):
-            failures += _reap(active, log)
-        target = run.eval_dir or run.run_dir
-        if not run.trains and not (run.run_dir / SUMMARY_FILE).is_file():
-            log(f"{label} skipped: {run.variant} seed {run.seed} -> {target}: its trained run did not finish")
-            failures.append(f"{run.variant}/seed {run.seed} not evaluated (its training failed)")
-            continue
-        (out_dir / "specs").mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "detach_framework"]
-        for module in plugins or []:
-            command += ["--plugin", module]
-        if run.trains:
-            stem = run.spec.uid
-            spec_file = out_dir / "specs" / f"{stem}.yaml"
-            atomic_write_text(spec_file, dump_spec(run.spec))
-            command += ["train", str(spec_file), "--run-dir", str(run.run_dir)]
-            if run.start_flag is not None:
-                command.append(run.start_flag)
-        else:
-            stem = f"{run.spec.uid}.eval-{eval_uid(run.spec)}"
-            command += ["eval", str(run.run_dir), f"eval={json.dumps(run.spec.eval.model_dump(mode='json'))}"]
-        log(f"{label} start: {run.variant} seed {run.seed} -> {target}")
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-        log_file = open(out_dir / "specs" / f"{stem}.log", "w")  # noqa: SIM115 - closed in _reap
-        process = subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT)
-        active.append(_Job(run, process, label, time.monotonic()))
-    while active:
-        failures += _reap(active, log)
+    failures = _run_queue(list(starts.values()), executor or LocalPool(jobs), out_dir, plugins or [], log)
     result = collect(study, runs, out_dir)
     if failures:
         raise UserError(f"study {study.name}: {len(failures)} run(s) failed: {'; '.join(failures)} (see specs/*.log)")
     return result
 
 
-def _reap(active: list[_Job], log: Callable[[str], None]) -> list[str]:
-    """Wait for the first running job to end, say how it ended; return a failure line if it failed."""
-    job = active.pop(0)
-    code = job.process.wait()
-    if job.process.stdout is not None:
-        job.process.stdout.close()
+def _run_queue(
+    queue: list[PlannedRun], executor: Executor, out_dir: Path, plugins: list[str], log: Callable[[str], None]
+) -> list[str]:
+    """Start each run as soon as a slot is free and nothing it waits for (`_waits_for`) runs or is queued before
+    it, so a later independent run may overtake a waiting one; return a failure line per failed run."""
+    waiting, active, failures = list(queue), [], []
+    started = 0
+    try:
+        while waiting or active:
+            ended = [(job, outcome) for job in active if (outcome := job.handle.poll()) is not None]
+            for job, outcome in ended:
+                active.remove(job)
+                failures += _ended(job, outcome, log)
+            progressed = bool(ended)
+            while len(active) < executor.slots and (run := _next_ready(waiting, active)) is not None:
+                waiting.remove(run)
+                started += 1
+                label, target = f"[{started}/{len(queue)}]", run.eval_dir or run.run_dir
+                progressed = True
+                if not run.trains and not (run.run_dir / SUMMARY_FILE).is_file():
+                    log(f"{label} skipped: {run.variant} seed {run.seed} -> {target}: its trained run did not finish")
+                    failures.append(f"{run.variant}/seed {run.seed} not evaluated (its training failed)")
+                    continue
+                command, stem = _command(run, out_dir, plugins)
+                handle = executor.start(command, out_dir / "specs" / f"{stem}.log", name=stem)
+                active.append(_Job(run, handle, label, time.monotonic()))
+                log(f"{label} start: {run.variant} seed {run.seed} -> {target}{handle.where}")
+            if not progressed:
+                time.sleep(executor.poll_seconds)
+    finally:  # interrupted (or a start failed): stop what still runs, so no orphan keeps writing a run directory
+        if active:
+            executor.stop([job.handle for job in active])
+    return failures
+
+
+def _next_ready(waiting: list[PlannedRun], active: list[_Job]) -> PlannedRun | None:
+    """The first waiting run that waits for no running job and no run queued before it."""
+    for index, run in enumerate(waiting):
+        if not any(_waits_for(run, job.run) for job in active) and not any(
+            _waits_for(run, earlier) for earlier in waiting[:index]
+        ):
+            return run
+    return None
+
+
+def _command(run: PlannedRun, out_dir: Path, plugins: list[str]) -> tuple[list[str], str]:
+    """The `detach train` (with the resolved spec written to specs/<uid>.yaml) or `detach eval` command of a run,
+    and the stem of its files in specs/."""
+    (out_dir / "specs").mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "detach_framework"]
+    for module in plugins:
+        command += ["--plugin", module]
+    if run.trains:
+        stem = run.spec.uid
+        spec_file = out_dir / "specs" / f"{stem}.yaml"
+        atomic_write_text(spec_file, dump_spec(run.spec))
+        command += ["train", str(spec_file), "--run-dir", str(run.run_dir)]
+        if run.start_flag is not None:
+            command.append(run.start_flag)
+    else:
+        stem = f"{run.spec.uid}.eval-{eval_uid(run.spec)}"
+        command += ["eval", str(run.run_dir), f"eval={json.dumps(run.spec.eval.model_dump(mode='json'))}"]
+    return command, stem
+
+
+def _ended(job: _Job, outcome: Outcome, log: Callable[[str], None]) -> list[str]:
+    """Say how a job ended; return a failure line if it failed."""
     run, seconds = job.run, time.monotonic() - job.started
-    status = "done" if code == 0 else "failed"
+    status = "done" if outcome.ok else "failed"
     log(
         f"{job.label} {status}: {run.variant} seed {run.seed} -> {run.eval_dir or run.run_dir} "
-        f"({seconds:.1f} s, exit {code})"
+        f"({seconds:.1f} s, {outcome.detail})"
     )
-    return [f"{run.variant}/seed {run.seed} exit {code}"] if code != 0 else []
+    return [] if outcome.ok else [f"{run.variant}/seed {run.seed} {outcome.detail}"]
 
 
 def collect(study: StudySpec, runs: list[PlannedRun], out_dir: Path) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import numpy as np
 
 from detach_framework.atomic import atomic_write_text
 from detach_framework.data.transforms import load_preprocessing
-from detach_framework.engine.evaluate import embed_split, load_evaluated_checkpoint
+from detach_framework.engine.evaluate import embed_split, evaluated_checkpoint_path, load_evaluated_checkpoint
 from detach_framework.engine.rundir import RunDirectory
 from detach_framework.engine.session import Session
 from detach_framework.errors import UserError
@@ -57,8 +57,7 @@ class TestEmbeddings:
 def load_test_embeddings(run: Any, host: Any) -> TestEmbeddings:
     """Rebuild the run's model from spec.yaml, load the checkpoint evaluation chose, embed the test split."""
     spec = load_spec(run.spec_file, host.registry)
-    if not any(run.checkpoints.glob("*.pt")):  # before building the dataset: nothing to embed
-        raise UserError(f"{run.checkpoints} holds no checkpoint (the run never finished an epoch)")
+    evaluated_checkpoint_path(spec, run)  # before building the dataset: refuses a run with nothing to embed
     session = Session.from_spec(spec, host)
     load_preprocessing(session.source, run.path)
     _, path = load_evaluated_checkpoint(session, run)

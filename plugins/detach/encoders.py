@@ -59,6 +59,23 @@ class CosineLinear(nn.Module):
         return F.normalize(x, dim=-1) @ F.normalize(self.weight, dim=-1).T
 
 
+SEGMENTS_DESCRIPTION = (
+    "Time segments averaged separately and concatenated before the projection: 1 is the mean over the whole "
+    "window (paper), which is blind to the direction of motion; 2 or more keep the order (a window played "
+    "backwards embeds differently)."
+)
+
+
+def pool_over_time(x: torch.Tensor, segments: int, time_dim: int) -> torch.Tensor:
+    """[B, C, T] (time_dim 2) or [B, T, C] (time_dim 1) -> [B, C * segments]: the mean of each of `segments`
+    consecutive stretches of time (segment-major)."""
+    if segments == 1:
+        return x.mean(dim=time_dim)  # the paper's pooling, computed exactly as before segments existed
+    if time_dim == 1:
+        x = x.transpose(1, 2)
+    return F.adaptive_avg_pool1d(x, segments).transpose(1, 2).flatten(1)
+
+
 class TemporalHeadParams(ComponentParams):
     dim: int = Field(256, ge=1, le=MAX_WIDTH, description="Output size of h_v.")
     channels: list[Width] = Field(
@@ -67,10 +84,12 @@ class TemporalHeadParams(ComponentParams):
     input: Literal["frames", "maps"] = Field(
         "frames", description="Frame differences of the raw frames (paper) or of the backbone maps."
     )
+    segments: int = Field(1, ge=1, le=64, description=SEGMENTS_DESCRIPTION)
 
 
 class VideoTemporalHead(nn.Module):
-    """h_v: frame differences -> 3x (Conv3d k3, stride (1,2,2), BN3d, ReLU) -> mean over H, W, T -> cosine
+    """h_v: frame differences -> 3x (Conv3d k3, stride (1,2,2), BN3d, ReLU) -> mean over H, W, then over T
+    (or per time segment, see `segments`) -> cosine
     projection. With input "frames" it consumes normalised frames [B, T, 3, H, W]; with "maps" the backbone
     maps [B, T, D, h, w]."""
 
@@ -88,12 +107,12 @@ class VideoTemporalHead(nn.Module):
             ]
             previous = channels
         self.convs = nn.Sequential(*layers)
-        self.project = CosineLinear(previous, params.dim)
+        self.segments = params.segments
+        self.project = CosineLinear(previous * params.segments, params.dim)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         diffs = (video[:, 1:] - video[:, :-1]).transpose(1, 2)  # [B, C, T-1, H, W]
-        x = self.convs(diffs).mean(dim=(3, 4)).mean(dim=2)
-        return self.project(x)
+        return self.project(pool_over_time(self.convs(diffs).mean(dim=(3, 4)), self.segments, time_dim=2))
 
 
 class SensorSpatialParams(ComponentParams):
@@ -137,11 +156,13 @@ class SensorSpatialEncoder(nn.Module):
 class SensorTemporalParams(ComponentParams):
     dim: int = Field(256, ge=1, le=MAX_WIDTH, description="Output size of h_s.")
     gru_hidden: int = Field(256, ge=1, le=MAX_WIDTH, description="Hidden size of each GRU direction.")
+    segments: int = Field(1, ge=1, le=64, description=SEGMENTS_DESCRIPTION)
 
 
 class SensorTemporalEncoder(nn.Module):
     """h_s: CNN (C->32 k5, 32->64 k3 d2, 64->128 k3 d4; BN+ReLU; max-pool 2 after the first two) ->
-    GroupNorm(8) -> BiGRU -> single-head self-attention over time, mean over time -> Linear(dim)."""
+    GroupNorm(8) -> BiGRU -> single-head self-attention over time, mean over time (or per
+    segment) -> Linear(dim)."""
 
     def __init__(self, params: SensorTemporalParams, in_channels: int, length: int) -> None:
         super().__init__()
@@ -165,9 +186,10 @@ class SensorTemporalEncoder(nn.Module):
         )
         self.gru = nn.GRU(128, params.gru_hidden, batch_first=True, bidirectional=True)
         self.attention = nn.MultiheadAttention(2 * params.gru_hidden, num_heads=1, batch_first=True)
-        self.project = nn.Linear(2 * params.gru_hidden, params.dim)
+        self.segments = params.segments
+        self.project = nn.Linear(2 * params.gru_hidden * params.segments, params.dim)
 
     def forward(self, sensor: torch.Tensor) -> torch.Tensor:
         x, _ = self.gru(self.cnn(sensor).transpose(1, 2))
         attended, _ = self.attention(x, x, x, need_weights=False)
-        return self.project(attended.mean(dim=1))
+        return self.project(pool_over_time(attended, self.segments, time_dim=1))
