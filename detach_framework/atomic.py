@@ -28,6 +28,24 @@ def write_error(path: str | Path, exc: OSError, what: str = "write") -> WriteErr
     return error
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)  # the umask can only be read by setting it
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def _mode_for(path: Path, full: int) -> int:
+    """The mode a plain open()/mkdir() would leave: an existing target's own, else `full` less the umask
+    (mkstemp/mkdtemp create 0600/0700, which would hide runs and exports from the user's group)."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        return full & ~_UMASK
+
+
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     """Call `write(fileobj)` on a temporary file beside `path`, fsync it, then rename it over `path`."""
     path = Path(path)
@@ -41,6 +59,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, _mode_for(path, 0o666))
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
@@ -72,6 +91,7 @@ def atomic_directory(path: str | Path, fill: Callable[[Path], None], what: str) 
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         fill(tmp)
+        os.chmod(tmp, _mode_for(path, 0o777))
         if path.exists():
             path.rmdir()  # empty (checked above): rename cannot replace a directory portably
         os.replace(tmp, path)
