@@ -104,8 +104,8 @@ def test_studies_naming_one_runs_dir_share_their_runs(tmp_path):
     data = yaml.safe_load(open(study))
     planned = {}
     for name in ("a", "b"):
-        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({**data, "name": name, "runs_dir": "../shared"}))
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({**data, "name": name, "runs_dir": "../common_runs"}))
         planned[name] = plan(tmp_path / f"{name}.yaml", registry, tmp_path / "studies" / name)[1]
     assert [r.run_dir for r in planned["a"]] == [r.run_dir for r in planned["b"]]
-    assert planned["a"][0].run_dir.parent == tmp_path / "studies" / "shared"
+    assert planned["a"][0].run_dir.parent == tmp_path / "studies" / "common_runs"
     assert planned["a"][1].spec.stages[0].init_from == str(planned["a"][0].run_dir)
