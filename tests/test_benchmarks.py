@@ -1,6 +1,8 @@
 """Every script in benchmarks/ runs at its smallest sizes, one round: a change that breaks a benchmark fails here.
 
 The numbers they print are not checked (toy sizes measure nothing); that each part ran and printed its rows is.
+The two longest (cache_bench builds two stores, speed_bench trains the quickstart twice) are marked slow, so the
+default suite stays within its time: `pytest -m slow tests/test_benchmarks.py` runs them.
 Scripts that start processes of their own (speed_bench, gpu_check) and profile_run (it patches torch and the
 trainer for good) run as subprocesses, the others in this process. Every process pays seconds of imports
 (torch, timm, the plugins), so the subprocesses start together, two at a time, when the first test of this
@@ -95,6 +97,7 @@ def test_calibrate_synthetic_smoke(capsys):
     assert re.search(r"^overall: (PASS|FAIL); wall time", out, re.M), out
 
 
+@pytest.mark.slow
 def test_cache_bench_smoke(capsys):
     cache_bench = load("cache_bench")
     with torch.random.fork_rng():  # it seeds torch: leave the suite's RNG as it was
@@ -109,6 +112,7 @@ def test_cache_bench_smoke(capsys):
 # -- subprocesses --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_speed_bench_smoke(subprocess_runs):
     out, _ = finished(subprocess_runs, "speed_bench")
     # the same code on both sides: the same test metrics
