@@ -70,7 +70,7 @@ class LoadedRun:
         from detach_framework.engine.evaluate import load_evaluated_checkpoint
         from detach_framework.engine.session import Session
 
-        session = Session.from_spec(self.spec, self.host)
+        session = Session.from_spec(self.spec, self.host, self.path)
         load_preprocessing(session.source, self.path)
         load_evaluated_checkpoint(session, RunDirectory(self.path))
         session.model.eval()

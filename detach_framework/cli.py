@@ -353,6 +353,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
 def cmd_data(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
+    from detach_framework.contracts import ExportableSource
     from detach_framework.data.settings import DataSettings
 
     host = _host(args)
@@ -373,7 +374,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         first = exc.errors(include_url=False)[0]
         raise UserError(f"--preset {args.preset}: {first['msg']}") from None
     source = component.factory(params, data=DataSettings(seed=args.seed))
-    if not hasattr(source, "export"):
+    if not isinstance(source, ExportableSource):
         raise UserError("dataset 'synthetic_kitchen' cannot export itself")
     source.export(args.out)
     print(f"wrote the synthetic kitchen ({args.preset}, seed {args.seed}) to {args.out}")

@@ -36,10 +36,8 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 class DatasetSource(Protocol):
     """dataset factory(params, data: DataSettings) -> DatasetSource.
 
-    Optional: preprocessing_state() -> JSON-able dict (`detach train` writes it to the run directory as
-    preprocessing.json) and load_preprocessing_state(state, source) (`detach eval` restores it). A state that
-    `detach export` can carry holds the steps and statistics in `Pipeline.state` form plus `rate_hz`, the
-    sampling rate of the raw streams the steps apply to.
+    Optional extensions, each a protocol below: PreprocessingStateSource, PreprocessingRestoreSource,
+    SensorLayoutSource, ExportableSource.
     Reading one recording without the dataset: the dataset's `READ_RECORDING` tool (see RecordingReader).
     """
 
@@ -48,6 +46,89 @@ class DatasetSource(Protocol):
     fixture_names: list[str]
 
     def split(self, name: str) -> torch.utils.data.Dataset: ...
+
+
+@runtime_checkable
+class PreprocessingStateSource(Protocol):
+    """Optional extension of a DatasetSource: its fitted preprocessing as a JSON-able dict, which `detach train`
+    writes to the run directory as preprocessing.json. A state that `detach export` can carry holds the steps and
+    statistics in `Pipeline.state` form plus `rate_hz`, the sampling rate of the raw streams the steps apply to."""
+
+    def preprocessing_state(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class PreprocessingRestoreSource(Protocol):
+    """Optional extension of a DatasetSource: `detach eval` hands it the state training wrote (`source` names the
+    file, for messages), so a run is evaluated with its own statistics, not ones recomputed from today's data."""
+
+    def load_preprocessing_state(self, state: dict[str, Any], source: str) -> None: ...
+
+
+@runtime_checkable
+class ExportableSource(Protocol):
+    """Optional extension of a DatasetSource that generates its data: writes it to `out_dir` in a layout its
+    own reader takes back (`detach data export`)."""
+
+    def export(self, out_dir: Path) -> None: ...
+
+
+@dataclass(frozen=True)
+class SensorLayout:
+    """What a dataset knows about its sensor channels, for evaluations that perturb its windows (the `robustness`
+    evaluator). A window is `window_samples` raw samples at `rate_hz`, resampled linearly to its L steps over the
+    same interval, in the units the dataset's preprocessing leaves them (after the z-score a channel that sent
+    nothing reads 0: the NaN policy's dead channel).
+
+    fixture_channels  fixture name -> indices into `channel_names` of the channels it carries; fixtures that carry
+                      none are left out, and it is empty when the dataset does not know which channel sits where
+    noise_std         [C] std of the training data's sensor noise in window units, independent per raw sample;
+                      None when unknown (recorded data)
+    clock_offset_s    the largest video-sensor clock offset (either sign) of the training recordings; None: unknown
+    """
+
+    fixture_channels: dict[str, list[int]]
+    rate_hz: float
+    window_samples: int
+    noise_std: np.ndarray | None = None
+    clock_offset_s: float | None = None
+
+    @classmethod
+    def from_channel_fixture(
+        cls, fixture_names: Sequence[str], channel_fixture: np.ndarray | None, **fields: Any
+    ) -> SensorLayout:
+        """From each channel's fixture index (-1: on no fixture; None: unknown), as the sources keep it."""
+        owners = np.asarray([] if channel_fixture is None else channel_fixture, np.int64)
+        channels = {name: np.flatnonzero(owners == f).tolist() for f, name in enumerate(fixture_names)}
+        return cls(fixture_channels={name: found for name, found in channels.items() if found}, **fields)
+
+    def step_seconds(self, length: int) -> float | None:
+        """Seconds between two of a window's `length` steps; None when a window holds one raw sample."""
+        if self.window_samples < 2 or length < 2:
+            return None
+        return (self.window_samples - 1) / (self.rate_hz * (length - 1))
+
+    def problem(self, channels: int) -> str | None:
+        """What is wrong with this layout for a source of `channels` channels, or None."""
+        for name, found in self.fixture_channels.items():
+            if not found or any(not 0 <= c < channels for c in found):
+                return f"fixture '{name}' lists channels {found}, expected indices in [0, {channels})"
+        if not (self.rate_hz > 0 and np.isfinite(self.rate_hz)) or self.window_samples < 1:
+            return f"rate_hz {self.rate_hz} and window_samples {self.window_samples} must be positive"
+        noise = self.noise_std
+        if noise is not None and (np.shape(noise) != (channels,) or not np.all(np.isfinite(noise) & (noise >= 0))):
+            return f"noise_std must be [{channels}] finite values >= 0, got shape {list(np.shape(noise))}"
+        return None
+
+
+@runtime_checkable
+class SensorLayoutSource(Protocol):
+    """Optional extension of a DatasetSource: `sensor_layout() -> SensorLayout`, called once the preprocessing is
+    final (after `load_preprocessing_state`). Evaluation hands it to the evaluators (`EvalWindows.layout`); for a
+    source without it they get None, and the robustness evaluator skips what it cannot perturb, saying why.
+    Built in: the synthetic kitchen, and every WindowedSource (opportunity, opportunity_pp, hwu_usp)."""
+
+    def sensor_layout(self) -> SensorLayout: ...
 
 
 class VideoBackboneParams(ComponentParams):
@@ -74,7 +155,11 @@ class VideoBackbone(Protocol):
 
 @runtime_checkable
 class VideoHead(Protocol):
-    """video_head factory(params, in_dim: int) -> nn.Module; forward(maps [B,T,D,h,w]) -> [B, out_dim]."""
+    """video_head factory(params, in_dim: int) -> nn.Module; forward(maps [B,T,D,h,w]) -> [B, out_dim].
+
+    Optional: `input_kind = "frames"` (read by engine.model.reads_frames): the head reads normalised frames
+    [B, T, 3, H, W] instead of backbone maps, which only model.video_temporal_head is given.
+    """
 
     out_dim: int
 
@@ -280,10 +365,33 @@ class EmbeddingSet:
 
 
 @dataclass
+class EvalWindows:
+    """The eval split's sensor windows with the run's sensor side, for evaluators that score changed copies of
+    them (the robustness evaluator).
+
+    sensor: [N, C, L] float32, the windows as the model embedded them (after the dataset's preprocessing); row i
+            is row i of the eval split's EmbeddingSet
+    embed(sensor [M, C, L]) -> [M, P] float32 probe features, computed as EmbeddingSet.probe is (the run's model,
+            device, precision and batch size)
+    layout: the dataset's SensorLayout; None when its source is no SensorLayoutSource
+    dataset: the dataset's name, for messages
+    """
+
+    sensor: np.ndarray
+    embed: Callable[[np.ndarray], np.ndarray]
+    layout: SensorLayout | None = None
+    dataset: str = ""
+
+
+@dataclass
 class EvalContext:
+    """windows: the eval split's sensor windows and sensor side (`detach eval` and `detach train` set them; None
+    when an evaluator is called on embeddings alone)."""
+
     class_names: Sequence[str]
     out_dir: Path
     seed: int = 42
+    windows: EvalWindows | None = None
 
 
 @dataclass

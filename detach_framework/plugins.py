@@ -1,7 +1,8 @@
 """Plugin discovery with pluggy: entry points of group `detach_framework.plugins`, each loaded alone.
 
 A plugin module implements hooks of `Hooks` (mark each with `hookimpl`): `detach_register_components(register)`
-to add components, `detach_after_epoch(stage, epoch, metrics)` to see each epoch's record (e.g. a logger).
+to add components, `detach_after_epoch(stage, epoch, metrics)` to see each epoch's record (e.g. a logger),
+`detach_report_sections(context)` to add sections to a run's report.
 A broken plugin is recorded and reported; it never stops the others from loading.
 """
 
@@ -14,11 +15,15 @@ from dataclasses import dataclass, field
 from functools import partial
 from importlib.metadata import entry_points
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import pluggy
 
 from detach_framework.errors import UserError
 from detach_framework.registry import Register, Registry
+
+if TYPE_CHECKING:  # the report sits above this layer: its types are only named here
+    from detach_framework.report import ReportContext, Section
 
 PROJECT = "detach_framework"
 ENTRY_POINT_GROUP = "detach_framework.plugins"
@@ -43,6 +48,12 @@ class Hooks:
         """Called by the main process after each training epoch once its record is final (logged to
         metrics.jsonl and checkpointed): the stage's name, the epoch within it (from 1) and the record, to
         read, not change. An exception stops the run; the epoch is saved, so `--resume` continues."""
+
+    @hookspec
+    def detach_report_sections(self, context: ReportContext) -> list[Section]:
+        """The sections a plugin adds to a run's report, drawn from what `context` holds of the run (its
+        records, summary and folders; `context.draw` and `context.skip` build them); return [] when the run has
+        nothing of yours. The report shows them after its own, plugin by plugin in load order."""
 
 
 @dataclass(frozen=True)
@@ -82,8 +93,9 @@ class PluginHost:
                 raise TypeError(" ".join(str(exc).split())) from None
             if not self.manager.get_hookcallers(mod):
                 raise TypeError(
-                    f"module {module_name} defines no detach_register_components(register) or "
-                    "detach_after_epoch(stage, epoch, metrics) hook marked with @hookimpl"
+                    f"module {module_name} defines no detach_register_components(register), "
+                    "detach_after_epoch(stage, epoch, metrics) or detach_report_sections(context) hook marked "
+                    "with @hookimpl"
                 )
             # Call this plugin's hook alone so a failure is attributed to it and others still load.
             self.manager.subset_hook_caller(

@@ -12,10 +12,11 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import UnionType
 from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Tag, ValidationError, create_model, field_validator, model_validator
 
 from detach_framework.errors import UserError
 from detach_framework.registry import (
@@ -238,6 +239,7 @@ UID_NEUTRAL_DEFAULTS: dict[tuple[str, ...], Any] = {
     ("model", "video_temporal_head", "segments"): 1,
     ("model", "sensor_temporal_encoder", "segments"): 1,
     ("model", "video_backbone", "resize"): False,  # the timm backbone's
+    ("data", "dataset", "layout"): None,  # the synthetic kitchen's: its original 7 fixtures
 }
 
 
@@ -391,7 +393,7 @@ class SpecLoader(yaml.SafeLoader):
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """A spec or study file as a dict; every problem (bad YAML, a duplicate key, not UTF-8) is one UserError line."""
     path = Path(path)
-    if not path.is_file():
+    if not _is_file(path, "spec file"):
         raise UserError(f"spec file not found: {path}")
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=SpecLoader)  # noqa: S506 - a SafeLoader
@@ -407,6 +409,15 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of spec keys at the top level, got {type(data).__name__}")
     return data
+
+
+def _is_file(path: Path, what: str) -> bool:
+    """Path.is_file, with the errors it lets through (a name longer than the file system allows) as one line."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the name
+        shown = str(path) if len(str(path)) <= 120 else f"{str(path)[:100]}..."
+        raise UserError(f"{what}: {shown!r}: {getattr(exc, 'strerror', None) or exc}") from None
 
 
 BASE_KEY = "base"
@@ -428,7 +439,7 @@ def read_spec_file(path: str | Path) -> dict[str, Any]:
     base_path = _base_path(path, data.pop(BASE_KEY))
     if base_path == path.resolve():
         raise UserError(f"{path}: base: {base_path.name} is this file itself")
-    if not base_path.is_file():
+    if not _is_file(base_path, f"{path}: base"):
         raise UserError(f"{path}: base: {base_path} not found")
     base = read_yaml(base_path)
     if BASE_KEY in base:
@@ -445,7 +456,10 @@ def read_spec_file(path: str | Path) -> dict[str, Any]:
 def _base_path(spec_file: Path, value: Any) -> Path:
     if not isinstance(value, str) or not value.strip():
         raise UserError(f"{spec_file}: base: expected the path of a spec file, got {value!r}")
-    return (spec_file.parent / value).resolve()
+    try:
+        return (spec_file.parent / value).resolve()
+    except (OSError, ValueError) as exc:  # a NUL byte, a link loop
+        raise UserError(f"{spec_file}: base: {value[:100]!r} is not a usable path ({exc})") from None
 
 
 def merge_spec(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
@@ -676,7 +690,7 @@ def _resolve(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[str, type[Ba
     current: Any = model
     owner: type[BaseModel] | None = None
     for element in loc:
-        current = _strip_annotated(current)
+        current = _optional_model(_strip_annotated(current))
         if isinstance(current, type) and issubclass(current, BaseModel):
             if _union_member(Union[current, None], element) is current:  # noqa: UP007 - a one-member slot
                 continue  # the discriminator tag: not part of the user's path
@@ -689,8 +703,8 @@ def _resolve(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[str, type[Ba
         if origin is list and isinstance(element, int):
             shown.append(str(element))
             current = get_args(current)[0]
-        elif origin is Union:
-            member = _union_member(current, element)
+        elif origin in UNIONS:
+            member = _union_member(current, element) or _tagged_member(current, element)
             if member is not None:  # element is the discriminator tag: not part of the user's path
                 current = member
             else:
@@ -703,6 +717,26 @@ def _resolve(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[str, type[Ba
     if isinstance(current, type) and issubclass(current, BaseModel):
         owner = current
     return ".".join(shown) or "<top>", owner
+
+
+UNIONS = (Union, UnionType)  # Union[A, B] and A | B
+
+
+def _optional_model(tp: Any) -> Any:
+    """The model of an optional model field (`layout: Model | None`), whose errors name the model's fields."""
+    if get_origin(tp) in UNIONS:
+        rest = [arg for arg in get_args(tp) if arg is not type(None)]
+        if len(rest) == 1 and isinstance(rest[0], type) and issubclass(rest[0], BaseModel):
+            return rest[0]
+    return tp
+
+
+def _tagged_member(union: Any, tag: Any) -> Any:
+    """The member of a union told apart by a callable Discriminator that carries Tag(tag), or None."""
+    for member in get_args(union):
+        if get_origin(member) is Annotated and any(isinstance(m, Tag) and m.tag == tag for m in get_args(member)[1:]):
+            return member
+    return None
 
 
 def _strip_annotated(tp: Any) -> Any:

@@ -97,6 +97,13 @@ def test_calibrate_synthetic_smoke(capsys):
     assert re.search(r"^overall: (PASS|FAIL); wall time", out, re.M), out
 
 
+def test_k_estimation_smoke(capsys):
+    assert load("k_estimation").main(["--smoke"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^\s+7\s+0\s+7\s+\d+\s+(yes|no)\s+[\d.]+$", out, re.M), out  # the tiny kitchen's row
+    assert re.search(r"^right: [01]/1$", out, re.M), out
+
+
 @pytest.mark.slow
 def test_cache_bench_smoke(capsys):
     cache_bench = load("cache_bench")

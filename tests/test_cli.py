@@ -5,17 +5,9 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
-from cli_helpers import QUICKSTART, run
+from cli_helpers import QUICKSTART, assert_one_line_error, run
 
 from detach_framework import plugins as plugin_module
-
-
-def assert_one_line_error(code, err, *fragments):
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 def test_validate_ok(capsys):

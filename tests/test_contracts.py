@@ -3,6 +3,7 @@ with the right shapes, and round-trips its state_dict (like timm's test_models, 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,24 +19,37 @@ from detach_framework.contracts import (
     AlignerBase,
     Clusterer,
     ContrastiveLoss,
+    DatasetSource,
     DistillationLoss,
     EmbeddingSet,
     EvalContext,
     EvalResult,
     Evaluator,
+    PreprocessingRestoreSource,
+    PreprocessingStateSource,
     ReconstructionLoss,
     SensorEncoder,
+    SensorLayout,
+    SensorLayoutSource,
     VideoBackbone,
     VideoHead,
     ViewLoss,
 )
 from detach_framework.data.settings import DataSettings
-from detach_framework.engine.model import AlignmentModel
-from detach_framework.errors import UserError
+from detach_framework.engine.model import AlignmentModel, reads_frames
+from detach_framework.engine.session import build_source
+from detach_framework.errors import PluginError, UserError
 from detach_framework.plugins import load_plugins
+from detach_framework.registry import ComponentParams
+from detach_framework.report import SECTIONS, ReportContext, Section
 from detach_framework.spec import load_spec
 
-REGISTRY = load_plugins().registry
+HOST = load_plugins()
+REGISTRY = HOST.registry
+
+
+class Empty(ComponentParams):
+    pass
 
 
 def components(kind: str):
@@ -80,6 +94,25 @@ def test_dataset_contract(component, tmp_path: Path):
     assert torch.isfinite(sample["sensor"]).all()
     assert 0 <= int(sample["label"]) < len(source.class_names)
     assert -1 <= int(sample["fixture"]) < len(source.fixture_names)
+    if isinstance(source, SensorLayoutSource):  # optional: what the robustness evaluator perturbs
+        layout = source.sensor_layout()
+        assert isinstance(layout, SensorLayout) and layout.problem(len(source.channel_names)) is None
+        assert set(layout.fixture_channels) <= set(source.fixture_names)
+    assert isinstance(source, DatasetSource)
+    if isinstance(source, PreprocessingStateSource):  # optional: written to the run directory as JSON
+        state = source.preprocessing_state()
+        assert isinstance(state, dict) and json.loads(json.dumps(state)) == state
+        if isinstance(source, PreprocessingRestoreSource):  # optional: its own state restores cleanly
+            source.load_preprocessing_state(state, "preprocessing.json")
+            assert source.preprocessing_state() == state
+
+
+def test_a_dataset_returning_no_source_is_refused_naming_it():
+    spec = load_spec(tiny_spec(), REGISTRY)
+    half_a_source = SimpleNamespace(class_names=["a"], channel_names=["c"], fixture_names=[])  # no split()
+    host = SimpleNamespace(registry=SimpleNamespace(build=lambda *args, **kwargs: half_a_source))
+    with pytest.raises(PluginError, match="dataset 'synthetic_kitchen' returned a SimpleNamespace, expected a Data"):
+        build_source(spec, host)
 
 
 @pytest.mark.parametrize("component", components("video_backbone"))
@@ -98,8 +131,7 @@ def test_video_head_contract(component):
     head = build_default(component, in_dim=12)
     assert isinstance(head, nn.Module) and isinstance(head, VideoHead)
     # A head declaring input_kind "frames" consumes normalised frames instead of backbone maps.
-    frames = getattr(head, "input_kind", "maps") == "frames"
-    maps = torch.randn(3, 4, 3, 16, 16) if frames else torch.randn(3, 4, 12, 2, 2)
+    maps = torch.randn(3, 4, 3, 16, 16) if reads_frames(head) else torch.randn(3, 4, 12, 2, 2)
     assert head.eval()(maps).shape == (3, head.out_dim)
     assert_state_dict_round_trip(lambda: component.factory(component.params(), in_dim=12), (maps,))
 
@@ -111,6 +143,23 @@ def test_sensor_encoder_contract(component):
     sensor = torch.randn(3, 5, 32)
     assert encoder.eval()(sensor).shape == (3, encoder.out_dim)
     assert_state_dict_round_trip(lambda: component.factory(component.params(), in_channels=5, length=32), (sensor,))
+
+
+class WidthlessHead(nn.Module):
+    """A video head that does not say its width (no `out_dim`): contracts.VideoHead refuses it."""
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        return maps.mean(dim=(1, 3, 4))
+
+
+def test_an_embedding_part_without_out_dim_is_refused_naming_its_slot():
+    host = load_plugins()
+    host.registry.add(kind="video_head", name="widthless", factory=lambda p, in_dim: WidthlessHead(), params=Empty)
+    model = {**tiny_spec()["model"], "video_head": {"name": "widthless"}}
+    spec = load_spec(tiny_spec(model=model), host.registry)
+    source = SimpleNamespace(channel_names=["a", "b"], class_names=["Null", "a"])
+    with pytest.raises(PluginError, match="model.video_head 'widthless' must be an nn.Module with `out_dim`"):
+        AlignmentModel(spec.model, host.registry, source, sensor_length=32)
 
 
 # A batch of inputs for each calling convention of contracts.Loss; the first input is the one checked for a gradient.
@@ -231,3 +280,22 @@ def test_clusterer_contract(component):
     restored.load_state_dict(clusterer.state_dict())
     assert torch.equal(restored.logits(features), clusterer.logits(features))
     assert torch.equal(restored.labels, clusterer.labels)
+
+
+def report_hooks():
+    found = HOST.manager.hook.detach_report_sections.get_hookimpls()
+    return [pytest.param(impl, id=impl.plugin_name) for impl in found] or [pytest.param(None, id="none-implemented")]
+
+
+@pytest.mark.parametrize("impl", report_hooks())
+def test_report_sections_contract(impl, tmp_path: Path):
+    """A plugin's `detach_report_sections` on a run with nothing (no records, no summary): a list of Sections
+    that render, under keys of their own (neither the core's nor repeated)."""
+    if impl is None:
+        pytest.skip("no plugin implements detach_report_sections")
+    context = ReportContext(records=[], summary={}, run_path=tmp_path, out=tmp_path / "plots" / "report")
+    sections = impl.function(context=context)
+    assert isinstance(sections, list) and all(isinstance(s, Section) for s in sections)
+    keys = [s.key for s in sections]
+    assert len(set(keys)) == len(keys) and not set(keys) & {key for key, _ in SECTIONS}
+    assert all(s.render().startswith("<section id=") for s in sections)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 from conftest import tiny_spec
+from test_baselines import FlatSensor
 from torch import nn
 
 from detach_framework.cli import main
@@ -145,16 +146,6 @@ def test_masked_reconstruction_equals_the_former_formula():
 
 
 # -- the aligners compute what they computed before ------------------------------------------------------------
-
-
-class FlatSensor(nn.Module):
-    def __init__(self, channels: int, length: int, dim: int) -> None:
-        super().__init__()
-        self.out_dim = dim
-        self.linear = nn.Linear(channels * length, dim)
-
-    def forward(self, sensor: torch.Tensor) -> torch.Tensor:
-        return self.linear(sensor.flatten(1))
 
 
 def flat_model(dim: int = 4) -> SimpleNamespace:

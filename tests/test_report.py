@@ -20,7 +20,10 @@ from conftest import tiny_spec
 from test_detach import detach_spec
 
 from detach_framework.cli import main
-from detach_framework.report import SECTIONS
+from detach_framework.report import SECTIONS as CORE_SECTIONS
+from detach_plugins.detach.report import SECTIONS as DETACH_SECTIONS
+
+SECTIONS = CORE_SECTIONS + DETACH_SECTIONS  # the core's sections, then those the detach plugin adds
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 XSS = "<script>alert(1)</script>"

@@ -82,6 +82,9 @@ def test_validate_with_base_and_overrides(tmp_path, capsys):
             "child.yaml: base: {tmp}/a.yaml names a base itself (tiny.yaml); one level of inheritance only",
         ),
         ({"child.yaml": {"base": 3}}, "child.yaml: base: expected the path of a spec file, got 3"),
+        # found by the schema fuzzer: a name longer than the file system allows was an OSError traceback
+        ({"child.yaml": {"base": "a" * 300}}, "child.yaml: base: '{tmp}/aaaa"),
+        ({"child.yaml": {"base": "nul\x00byte"}}, "child.yaml: base: 'nul\\x00byte' is not a usable path"),
     ],
 )
 def test_bad_bases_are_one_line_errors(tmp_path, registry, files, expected):
@@ -91,6 +94,11 @@ def test_bad_bases_are_one_line_errors(tmp_path, registry, files, expected):
     with pytest.raises(UserError) as info:
         load_spec(tmp_path / "child.yaml", registry)
     assert expected.format(tmp=tmp_path.resolve()) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_spec_path_longer_than_the_file_system_allows_is_one_line(registry):
+    with pytest.raises(UserError, match=r"^spec file: 'a{100}\.\.\.': File name too long$"):
+        load_spec("a" * 300 + ".yaml", registry)
 
 
 def test_a_dict_spec_cannot_name_a_base(registry):

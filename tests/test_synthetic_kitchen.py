@@ -361,6 +361,7 @@ KNOB_CHANGES = {
     "min_open_extent": 0.3,
     "ajar_prob": 0.8,
     "reed_dropout_prob": 0.5,
+    "layout": {"fixtures": 5},
 }
 
 

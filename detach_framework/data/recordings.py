@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from detach_framework.contracts import SPLITS
+from detach_framework.contracts import SPLITS, SensorLayout
 from detach_framework.data.settings import DataSettings
 from detach_framework.data.transforms import Pipeline, TransformStep, chunked
 from detach_framework.data.video import VideoReader, probe_video, uniform_frame_times
@@ -170,6 +170,14 @@ class WindowedSource:
         if state.get("channels") != self.channel_names:
             raise UserError(f"{source}: stored statistics are for other channels than this dataset's")
         self.pipeline.load_state(state, source)
+
+    def sensor_layout(self) -> SensorLayout:
+        """Each fixture's channels as the reader assigned them (`channel_fixture`); recorded data says nothing of
+        its noise level or of the clock offsets left after synchronisation."""
+        rec = self.recordings[int(self._splits["train"].recording[0])]  # one rate (_check_rates)
+        return SensorLayout.from_channel_fixture(
+            self.fixture_names, self.channel_fixture, rate_hz=rec.rate_hz, window_samples=self.window_length(rec)
+        )
 
     # -- windows -------------------------------------------------------------------------------------------
 

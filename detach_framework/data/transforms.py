@@ -20,6 +20,7 @@ import numpy as np
 from pydantic import Field
 from scipy import signal
 
+from detach_framework.contracts import PreprocessingRestoreSource, PreprocessingStateSource
 from detach_framework.errors import UserError
 from detach_framework.registry import MAX_SENSOR_LENGTH, ComponentParams
 
@@ -291,12 +292,12 @@ def chunked(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[start : start + size]
 
 
-# ---- run-directory hooks (called by the CLI; datasets opt in with preprocessing_state/load_...) -------
+# ---- run-directory hooks (called by the CLI; datasets opt in through contracts.PreprocessingState/Restore...) -
 
 
 def save_preprocessing(source: Any, run_dir: Path) -> Path | None:
     """Write the source's fitted preprocessing (train statistics) into the run directory, if it has one."""
-    if not hasattr(source, "preprocessing_state"):
+    if not isinstance(source, PreprocessingStateSource):
         return None
     from detach_framework.atomic import atomic_write_json
 
@@ -308,7 +309,7 @@ def save_preprocessing(source: Any, run_dir: Path) -> Path | None:
 def load_preprocessing(source: Any, run_dir: Path) -> None:
     """Evaluation of a run uses the statistics training stored, not ones recomputed from today's data."""
     path = Path(run_dir) / PREPROCESSING_FILE
-    if path.is_file() and hasattr(source, "load_preprocessing_state"):
+    if path.is_file() and isinstance(source, PreprocessingRestoreSource):
         try:
             state = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from detach_framework.atomic import atomic_write_json, atomic_write_text
-from detach_framework.contracts import EmbeddingSet, EvalContext
+from detach_framework.contracts import EmbeddingSet, EvalContext, EvalWindows, SensorLayoutSource
 from detach_framework.data.transforms import load_preprocessing
 from detach_framework.engine.checkpoint import BEST, LAST, load_checkpoint
 from detach_framework.engine.rundir import EVAL_SPEC_FILE, SUMMARY_FILE, RunDirectory
@@ -21,8 +21,13 @@ from detach_framework.plugins import PluginHost
 from detach_framework.spec import Experiment, check_eval_overrides, eval_uid, load_spec
 
 
-@torch.no_grad()
 def embed_split(session: Session, split: str) -> EmbeddingSet:
+    return embed_split_windows(session, split, keep_windows=False)[0]
+
+
+@torch.no_grad()
+def embed_split_windows(session: Session, split: str, *, keep_windows: bool) -> tuple[EmbeddingSet, np.ndarray | None]:
+    """The split's embeddings and, with `keep_windows`, the sensor windows [N, C, L] they were computed from."""
     dataset = session.split(split)  # cache-backed when the training splits are
     if len(dataset) == 0:
         raise UserError(f"data.dataset: the {split} split is empty, nothing to evaluate")
@@ -36,8 +41,10 @@ def embed_split(session: Session, split: str) -> EmbeddingSet:
         for key in ("label", "subject", "fixture", "recording"):
             if key in batch:  # "recording" is optional
                 parts.setdefault(key, []).append(batch[key].numpy())
+        if keep_windows:
+            parts.setdefault("windows", []).append(batch["sensor"].numpy())
     cat = {key: np.concatenate(value) for key, value in parts.items()}
-    return EmbeddingSet(
+    embeddings = EmbeddingSet(
         probe=cat["probe"],
         video=cat["video"],
         sensor=cat["sensor"],
@@ -46,6 +53,31 @@ def embed_split(session: Session, split: str) -> EmbeddingSet:
         fixtures=cat["fixture"],
         recordings=cat.get("recording"),
     )
+    return embeddings, cat.get("windows")
+
+
+@torch.no_grad()
+def embed_sensor_windows(session: Session, sensor: np.ndarray) -> np.ndarray:
+    """Probe features [M, P] of sensor windows [M, C, L], as `embed_split` computes them: the model's sensor side
+    in batches of data.batch_size, under the run's precision."""
+    session.model.eval()
+    parts = []
+    for chunk in torch.from_numpy(np.ascontiguousarray(sensor, np.float32)).split(session.spec.data.batch_size):
+        with session.autocast():
+            parts.append(session.model.embed_probe({"sensor": chunk.to(session.device)}).float().cpu().numpy())
+    return np.concatenate(parts)
+
+
+def eval_windows(session: Session, sensor: np.ndarray) -> EvalWindows:
+    """What evaluators that perturb the eval split's windows get: the windows, the sensor side, the dataset's layout
+    (checked here, so that a plugin's bad layout is named as the dataset's fault)."""
+    source, name = session.source, session.spec.data.dataset.name
+    layout = source.sensor_layout() if isinstance(source, SensorLayoutSource) else None
+    if layout is not None:
+        problem = layout.problem(len(source.channel_names))
+        if problem:
+            raise PluginError(f"dataset '{name}' returned a bad sensor_layout(): {problem}")
+    return EvalWindows(sensor, lambda windows: embed_sensor_windows(session, windows), layout, name)
 
 
 def evaluated_checkpoint_path(spec: Experiment, run: RunDirectory) -> Path:
@@ -88,9 +120,15 @@ def evaluate_run(session: Session, run: RunDirectory, out_dir: Path | None = Non
     spec = session.spec
     state, path = load_evaluated_checkpoint(session, run)
     # `test` is whichever split eval.split names: evaluators score it and never learn which one it is.
-    train, test = embed_split(session, "train"), embed_split(session, spec.eval.split)
+    train = embed_split(session, "train")
+    test, test_windows = embed_split_windows(session, spec.eval.split, keep_windows=True)
     plots_dir = run.plots if out_dir is None else out_dir / "plots"
-    context = EvalContext(class_names=list(session.source.class_names), out_dir=plots_dir, seed=spec.seed)
+    context = EvalContext(
+        class_names=list(session.source.class_names),
+        out_dir=plots_dir,
+        seed=spec.seed,
+        windows=eval_windows(session, test_windows),
+    )
     metrics: dict[str, float] = {}
     tables: dict[str, Any] = {}
     plots: list[str] = []
@@ -142,7 +180,7 @@ def evaluate_run_directory(
     check_eval_overrides(overrides)
     run = RunDirectory.open_existing(run_dir, write=True)
     try:
-        session = Session.from_spec(load_spec(run.spec_file, host.registry, overrides), host)
+        session = Session.from_spec(load_spec(run.spec_file, host.registry, overrides), host, run.path)
         load_preprocessing(session.source, run.path)
         if not overrides:
             return evaluate_run(session, run), run.summary_file

@@ -206,7 +206,7 @@ def write_export(run_dir: str | Path, out: str | Path, host: PluginHost) -> Expo
     spec = load_spec(run.spec_file, host.registry)
     preprocessing = run_preprocessing(run)
     channels, rate = stream_format(preprocessing, str(run.path / PREPROCESSING_FILE))
-    session = Session.from_spec(spec, host)
+    session = Session.from_spec(spec, host, run.path)
     load_preprocessing(session.source, run.path)
     state, checkpoint = load_evaluated_checkpoint(session, run)
     if list(session.source.channel_names) != channels:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detach_framework.contracts import DatasetSource
+from detach_framework.contracts import DatasetSource, SensorEncoder, VideoHead
 from detach_framework.errors import PluginError, UserError
 from detach_framework.registry import Component, Registry
 from detach_framework.spec import SLOT_KINDS
@@ -22,6 +22,8 @@ from detach_framework.spec import SLOT_KINDS
 # The slots returning embeddings [B, out_dim]; with the backbone, the slots whose outputs are checked against
 # their contract on every call (cheap: a few shape comparisons). spec.SLOT_KINDS gives each slot's component kind.
 EMBEDDING_SLOTS: tuple[str, ...] = ("video_head", "sensor_encoder", "video_temporal_head", "sensor_temporal_encoder")
+# Each embedding kind's protocol in contracts.py (both declare `out_dim`, the width OutputCheck holds them to).
+EMBEDDING_CONTRACTS: dict[str, type] = {"video_head": VideoHead, "sensor_encoder": SensorEncoder}
 OUTPUT_CHECKED_SLOTS: tuple[str, ...] = ("video_backbone", *EMBEDDING_SLOTS)
 
 
@@ -111,7 +113,8 @@ class AlignmentModel(nn.Module):
             )
         for slot in EMBEDDING_SLOTS:
             part = getattr(self, slot)
-            if part is not None and (not isinstance(part, nn.Module) or not hasattr(part, "out_dim")):
+            contract = EMBEDDING_CONTRACTS[SLOT_KINDS[slot]]
+            if part is not None and not (isinstance(part, nn.Module) and isinstance(part, contract)):
                 raise PluginError(f"model.{slot} '{getattr(spec, slot).name}' must be an nn.Module with `out_dim`")
         for slot in OUTPUT_CHECKED_SLOTS:
             part = getattr(self, slot)
@@ -176,6 +179,11 @@ class AlignmentModel(nn.Module):
     def temporal_modules(self) -> list[nn.Module]:
         return [m for m in (self.video_temporal_head, self.sensor_temporal_encoder) if m is not None]
 
+    def embed_probe(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The linear probe's sensor feature (`embed`'s probe), from batch["sensor"] alone."""
+        spatial = self.encode_sensor(batch)
+        return probe_embedding(spatial, self.encode_sensor_temporal(batch) if self.decomposed else None)
+
     @torch.no_grad()
     def embed(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Frozen embeddings for evaluation.
@@ -186,10 +194,10 @@ class AlignmentModel(nn.Module):
         """
         video = F.normalize(self.encode_video(batch), dim=-1)
         if not self.decomposed:
-            sensor = probe_embedding(self.encode_sensor(batch))
+            sensor = self.embed_probe(batch)
             return {"probe": sensor, "video": video, "sensor": sensor}
         video_t = F.normalize(self.encode_video_temporal(batch), dim=-1)
-        probe = probe_embedding(self.encode_sensor(batch), self.encode_sensor_temporal(batch))
+        probe = self.embed_probe(batch)
         return {
             "probe": probe,
             "video": torch.cat([video, video_t], dim=-1) / math.sqrt(2.0),

@@ -72,7 +72,7 @@ def train_and_evaluate(
             print(f"run directory: {run.path}", file=sys.stderr)
         else:
             run = RunDirectory(path)
-        session = Session.from_spec(spec, host)
+        session = Session.from_spec(spec, host, run.path, training=True)
         trainer = Trainer(session, run)
         if rank.is_main:
             save_preprocessing(session.source, run.path)  # train-split statistics, reused by `detach eval`

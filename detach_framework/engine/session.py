@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,6 +17,7 @@ from detach_framework.cache.keys import CacheContext
 from detach_framework.contracts import DatasetSource
 from detach_framework.data.settings import DataSettings
 from detach_framework.engine import distributed
+from detach_framework.engine.locations import KEstimate, resolve_auto_k
 from detach_framework.engine.model import AlignmentModel
 from detach_framework.engine.precision import autocast, check_precision
 from detach_framework.engine.seeding import loader_generator, seed_everything, seed_worker
@@ -59,9 +61,11 @@ def data_settings(spec: Experiment) -> DataSettings:
 
 def build_source(spec: Experiment, host: PluginHost) -> DatasetSource:
     source = host.registry.build("dataset", spec.data.dataset, data=data_settings(spec))
-    for attribute in ("class_names", "channel_names", "fixture_names", "split"):
-        if not hasattr(source, attribute):
-            raise PluginError(f"dataset '{spec.data.dataset.name}' returned an object without `{attribute}`")
+    if not isinstance(source, DatasetSource):
+        raise PluginError(
+            f"dataset '{spec.data.dataset.name}' returned a {type(source).__name__}, expected a DatasetSource "
+            "(class_names, channel_names, fixture_names, split)"
+        )
     return source
 
 
@@ -106,23 +110,32 @@ class Session:
     source: DatasetSource
     model: AlignmentModel
     num_train: int
+    k_estimate: KEstimate | None = None  # where model.clusterer.k is auto
 
     @classmethod
-    def from_spec(cls, spec: Experiment, host: PluginHost) -> Session:
+    def from_spec(
+        cls, spec: Experiment, host: PluginHost, run_path: str | Path | None = None, *, training: bool = False
+    ) -> Session:
         """Seed, resolve the device, build the dataset source and the model (in that order: the model's
-        initial weights, and so a frozen backbone's cache uid, depend on the seed alone)."""
+        initial weights, and so a frozen backbone's cache uid, depend on the seed alone). `model.clusterer.k: auto`
+        is resolved in between (engine/locations.py): from `run_path`'s k_estimate.json when it has one, else from
+        the train split; `training` (on the main process) records a new estimate there."""
         device = resolve_device(spec.runtime.device)
         check_precision(spec.runtime.precision, device)
         seed_everything(spec.seed, spec.deterministic)
         source = build_source(spec, host)
+        record = training and distributed.info().is_main
+        model_spec, k_estimate = resolve_auto_k(
+            spec.model, source, Path(run_path) if run_path is not None else None, record=record
+        )
         num_train = len(source.split("train"))
         if num_train < 2:
             raise UserError(f"data.dataset: the train split has {num_train} samples, at least 2 needed")
-        model = AlignmentModel(spec.model, host.registry, source, spec.data.sensor_length, num_train=num_train)
+        model = AlignmentModel(model_spec, host.registry, source, spec.data.sensor_length, num_train=num_train)
         model = model.to(device)
         if spec.runtime.sync_batchnorm and distributed.is_enabled():
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        return cls(spec, host, device, source, model, num_train)
+        return cls(spec, host, device, source, model, num_train, k_estimate)
 
     @property
     def progress(self) -> bool:

@@ -1,7 +1,8 @@
-"""The report's figures: training curves, t-SNE, cosine histograms, stage-2 weight CDFs, similarity scatter, clusters.
+"""The report's own figures: training curves, t-SNE, cosine histograms, similarity scatter.
 
 Like plots.py they draw on bare `Figure` objects (no pyplot state) and are written with `save_figure_atomic`.
-Inputs are plain records from metrics.jsonl and numpy embeddings, so nothing here depends on a plugin.
+Inputs are plain records from metrics.jsonl and numpy embeddings, so nothing here depends on a plugin. The
+helpers `epoch_records`, `is_scalar`, `plain_text` and `panel_grid` serve a plugin's report figures too.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ LEGEND_MAX = 20
 NEGATIVE_COLOURS = {"false": "tab:red", "hard": "tab:orange", "easy": "tab:blue", "untyped": "0.7"}
 
 
-def _plain(text: Any) -> str:
+def plain_text(text: Any) -> str:
     """A user string as literal text: matplotlib would read "$...$" as mathtext (or fail on a lone "$")."""
     return str(text).replace("$", r"\$")
 
@@ -34,11 +35,11 @@ def epoch_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in records if r.get("kind") == "epoch"]
 
 
-def _is_scalar(value: Any) -> bool:
+def is_scalar(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _grid(panels: int, ncols: int = 3, size: tuple[float, float] = (4.2, 3.0)) -> tuple[Figure, list[Any]]:
+def panel_grid(panels: int, ncols: int = 3, size: tuple[float, float] = (4.2, 3.0)) -> tuple[Figure, list[Any]]:
     ncols = min(ncols, panels)
     nrows = -(-panels // ncols)
     fig = Figure(figsize=(size[0] * ncols, size[1] * nrows))
@@ -56,9 +57,9 @@ def plot_training_curves(records: Sequence[dict[str, Any]], path: Path) -> Path:
         raise ValueError("no epoch records to plot")
     stages: list[str] = list(dict.fromkeys(str(r.get("stage")) for r in epochs))
     x = np.arange(1, len(epochs) + 1)
-    scalars = list(dict.fromkeys(k for r in epochs for k, v in r.items() if _is_scalar(v) and k not in NOT_CURVES))
+    scalars = list(dict.fromkeys(k for r in epochs for k, v in r.items() if is_scalar(v) and k not in NOT_CURVES))
     scalars = scalars[:MAX_SCALAR_PANELS]
-    fig, axes = _grid(1 + len(scalars))
+    fig, axes = panel_grid(1 + len(scalars))
     colours = colormaps["tab10"]
     for panel, key in enumerate(["loss", *scalars]):
         ax = axes[panel]
@@ -66,23 +67,23 @@ def plot_training_curves(records: Sequence[dict[str, Any]], path: Path) -> Path:
             mine = [(xi, r) for xi, r in zip(x, epochs, strict=True) if str(r.get("stage")) == stage]
             if panel == 0:
                 for name, style in (("train_loss", "-"), ("val_loss", "--")):
-                    pts = [(xi, r[name]) for xi, r in mine if _is_scalar(r.get(name))]
+                    pts = [(xi, r[name]) for xi, r in mine if is_scalar(r.get(name))]
                     if pts:
                         ax.plot(
                             *zip(*pts, strict=True),
                             style,
                             marker=".",
                             color=colours(s % 10),
-                            label=_plain(f"{stage} {name}"),
+                            label=plain_text(f"{stage} {name}"),
                         )
             else:
-                pts = [(xi, r[key]) for xi, r in mine if _is_scalar(r.get(key))]
+                pts = [(xi, r[key]) for xi, r in mine if is_scalar(r.get(key))]
                 if pts:
-                    ax.plot(*zip(*pts, strict=True), marker=".", color=colours(s % 10), label=_plain(stage))
+                    ax.plot(*zip(*pts, strict=True), marker=".", color=colours(s % 10), label=plain_text(stage))
         for i in range(1, len(epochs)):
             if epochs[i - 1].get("stage") != epochs[i].get("stage"):
                 ax.axvline(x[i] - 0.5, color="0.6", linestyle=":", linewidth=1)
-        ax.set_title(_plain(key), fontsize=10)
+        ax.set_title(plain_text(key), fontsize=10)
         ax.set_xlabel("epoch (whole run)", fontsize=8)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(labelsize=8)
@@ -98,7 +99,7 @@ def _categorical_scatter(ax: Any, xy: np.ndarray, groups: np.ndarray, names: Seq
     for i, group in enumerate(present):
         mask = groups == group
         name = names[group] if 0 <= group < len(names) else "none"
-        ax.scatter(xy[mask, 0], xy[mask, 1], s=8, alpha=0.75, color=cmap(i % 20), label=_plain(name))
+        ax.scatter(xy[mask, 0], xy[mask, 1], s=8, alpha=0.75, color=cmap(i % 20), label=plain_text(name))
     ax.set_title(title, fontsize=10)
     ax.set_xticks([])
     ax.set_yticks([])
@@ -173,39 +174,6 @@ def plot_cosine_histogram(cosines: np.ndarray, path: Path, *, title: str) -> Pat
     return save_figure_atomic(fig, path)
 
 
-def weight_quantile_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [r for r in epoch_records(records) if any(f"w_{t}_quantiles" in r for t in ("false", "hard", "easy"))]
-
-
-def plot_weight_cdfs(records: Sequence[dict[str, Any]], path: Path) -> Path:
-    """One panel per negative type: the CDF of stage-2 weights W of each epoch, early (dark) to late (bright)."""
-    chosen = weight_quantile_records(records)
-    if not chosen:
-        raise ValueError("no w_*_quantiles records")
-    fig, axes = _grid(3, size=(4.2, 3.4))
-    cmap = colormaps["viridis"]
-    for ax, kind in zip(axes, ("false", "hard", "easy"), strict=True):
-        rows = [r for r in chosen if f"w_{kind}_quantiles" in r]
-        for i, r in enumerate(rows):
-            q = np.asarray(r[f"w_{kind}_quantiles"], dtype=np.float64)
-            levels = np.linspace(0, 1, len(q))
-            colour = cmap(i / max(len(rows) - 1, 1))
-            # Label the first and last epochs only: the colour ramp carries the ones between.
-            label = _plain(f"{r.get('stage')} epoch {r.get('epoch')}") if i in (0, len(rows) - 1) else None
-            ax.plot(q, levels, color=colour, label=label)
-        ax.set_title(f"{kind} negatives", fontsize=10, color=NEGATIVE_COLOURS[kind])
-        ax.set_xlabel("W", fontsize=8)
-        ax.set_ylabel("fraction of pairs <= W", fontsize=8)
-        ax.set_ylim(0, 1.02)
-        ax.tick_params(labelsize=8)
-        if rows:
-            ax.legend(fontsize=7, loc="lower right")
-        else:
-            ax.text(0.5, 0.5, "none seen", ha="center", va="center", transform=ax.transAxes)
-    fig.tight_layout()
-    return save_figure_atomic(fig, path)
-
-
 def pair_negative_types(
     anchor_labels: np.ndarray, anchor_fixtures: np.ndarray, labels: np.ndarray, fixtures: np.ndarray
 ) -> np.ndarray:
@@ -239,7 +207,7 @@ def plot_similarity_scatter(
         anchors = np.sort(np.random.default_rng(seed).choice(anchors, max_anchors, replace=False))
     kinds = pair_negative_types(labels[anchors], fixtures[anchors], labels, fixtures)
     not_self = anchors[:, None] != np.arange(len(labels))[None, :]
-    fig, axes = _grid(len(spaces), ncols=2, size=(5.0, 4.4))
+    fig, axes = panel_grid(len(spaces), ncols=2, size=(5.0, 4.4))
     for ax, (modality, (z, h)) in zip(axes, spaces.items(), strict=True):
         z = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
         h = h / np.maximum(np.linalg.norm(h, axis=1, keepdims=True), 1e-12)
@@ -261,43 +229,7 @@ def plot_similarity_scatter(
         ax.set_ylabel("temporal similarity cos(h_i, h_j)", fontsize=8)
         ax.set_title(f"{modality}", fontsize=10)
         ax.legend(fontsize=7, loc="lower right", markerscale=2)
-    fig.suptitle(f"anchor class: {_plain(class_name)} ({len(anchors)} anchors against all test windows)", fontsize=10)
-    fig.tight_layout()
-    return save_figure_atomic(fig, path)
-
-
-def cluster_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [r for r in epoch_records(records) if isinstance(r.get("cluster_sizes"), list)]
-
-
-def plot_clusters(records: Sequence[dict[str, Any]], path: Path) -> Path:
-    """Stacked cluster sizes per epoch (left) and purity / NMI against the ground-truth fixtures (right)."""
-    rows = cluster_records(records)
-    if not rows:
-        raise ValueError("no cluster_sizes records")
-    sizes = np.zeros((len(rows), max(len(r["cluster_sizes"]) for r in rows)))
-    for i, r in enumerate(rows):
-        sizes[i, : len(r["cluster_sizes"])] = r["cluster_sizes"]
-    x = np.arange(len(rows))
-    ticks = [_plain(f"{r.get('epoch')}\n{r.get('phase', '')}") for r in rows]
-    fig, (left, right) = _grid(2, ncols=2, size=(5.6, 3.6))
-    cmap = colormaps["tab20"]
-    bottom = np.zeros(len(rows))
-    for k in range(sizes.shape[1]):
-        left.bar(x, sizes[:, k], bottom=bottom, color=cmap(k % 20), width=0.8)
-        bottom += sizes[:, k]
-    left.set_title(f"cluster sizes ({sizes.shape[1]} clusters, stacked)", fontsize=10)
-    left.set_ylabel("training windows", fontsize=8)
-    for name, colour in (("cluster_purity", "tab:purple"), ("cluster_fixture_nmi", "tab:green")):
-        pts = [(i, r[name]) for i, r in enumerate(rows) if _is_scalar(r.get(name))]
-        if pts:
-            right.plot(*zip(*pts, strict=True), marker="o", color=colour, label=name)
-    right.set_ylim(0, 1.02)
-    right.set_title("clusters against ground-truth fixtures", fontsize=10)
-    if right.get_legend_handles_labels()[0]:
-        right.legend(fontsize=7)
-    for ax in (left, right):
-        ax.set_xticks(x, ticks, fontsize=7)
-        ax.set_xlabel("stage-1 epoch", fontsize=8)
+    title = f"anchor class: {plain_text(class_name)} ({len(anchors)} anchors against all test windows)"
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return save_figure_atomic(fig, path)

@@ -1,4 +1,8 @@
-"""`detach report`: one self-contained report.html for a run directory or a study directory."""
+"""`detach report`: one self-contained report.html for a run directory or a study directory.
+
+A plugin adds sections to a run's report with the `detach_report_sections(context)` hook: it reads the run
+from a `ReportContext` and returns `Section`s (a figure, a `Table`, or both).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,21 @@ from collections.abc import Callable
 from pathlib import Path
 
 from detach_framework.errors import UserError
+from detach_framework.report.context import ReportContext
+from detach_framework.report.page import Section, Table
 from detach_framework.report.run import SECTIONS, load_test_embeddings, write_run_report
 from detach_framework.report.study import write_study_report
 
-__all__ = ["SECTIONS", "load_test_embeddings", "write_report", "write_run_report", "write_study_report"]
+__all__ = [
+    "SECTIONS",
+    "ReportContext",
+    "Section",
+    "Table",
+    "load_test_embeddings",
+    "write_report",
+    "write_run_report",
+    "write_study_report",
+]
 
 
 def write_report(path: Path, host: object, log: Callable[[str], None] = print) -> Path:

@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 REPORT_FILE = "report.html"
 CSS = """
@@ -35,22 +35,36 @@ def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
+class Table(NamedTuple):
+    """A section's table: column names and rows of cells (each escaped; a float shows 4 decimals, NaN as -)."""
+
+    header: Sequence[str]
+    rows: Sequence[Sequence[Any]]
+
+
 @dataclass
 class Section:
+    """One titled part of a run's report: a figure (PNG bytes) with its caption, a table, or both; with neither,
+    or with `skip` set (e.g. a figure that could not be drawn beside its table), a line saying why."""
+
     key: str
     title: str
     png: bytes | None = None
     caption: str = ""
     skip: str | None = None
+    table: Table | None = None
 
     def render(self) -> str:
         parts = [f'<section id="{esc(self.key)}">', f"<h2>{esc(self.title)}</h2>"]
         if self.png is not None:
             data = base64.b64encode(self.png).decode("ascii")
             parts.append(f'<img src="data:image/png;base64,{data}" alt="{esc(self.title)}">')
-            if self.caption:
-                parts.append(f'<p class="caption">{esc(self.caption)}</p>')
-        else:
+        if self.table is not None:
+            parts.append(html_table(*self.table))
+        shown = self.png is not None or self.table is not None
+        if shown and self.caption:
+            parts.append(f'<p class="caption">{esc(self.caption)}</p>')
+        if self.skip or not shown:
             parts.append(f'<p class="skip">Skipped: {esc(self.skip or "not available")}</p>')
         parts.append("</section>")
         return "\n".join(parts)

@@ -1,8 +1,9 @@
 """The report of one run directory: training curves, the confusion matrix, and figures of the test split's
-embeddings under the checkpoint evaluation chose (the model rebuilt through a Session).
+embeddings under the checkpoint evaluation chose (the model rebuilt through a Session), then the sections
+plugins add through the `detach_report_sections` hook (e.g. DETACH's stage-2 weights and clusters).
 
 It reads only what runs write (metrics.jsonl, summary.json, plots/, checkpoints) and the model's own methods,
-never a plugin module.
+never a plugin module: a plugin draws what only it knows from a ReportContext.
 """
 
 from __future__ import annotations
@@ -20,19 +21,19 @@ from detach_framework.data.transforms import load_preprocessing
 from detach_framework.engine.evaluate import embed_split, evaluated_checkpoint_path, load_evaluated_checkpoint
 from detach_framework.engine.rundir import RunDirectory
 from detach_framework.engine.session import Session
-from detach_framework.errors import UserError
+from detach_framework.errors import PluginError, UserError
 from detach_framework.evaluation import figures
+from detach_framework.report.context import ReportContext
 from detach_framework.report.page import REPORT_FILE, Section, esc, html_table, page
 from detach_framework.spec import load_spec
 
+# The core's own sections, in report order; plugins add theirs after these (plugin_sections).
 SECTIONS = (
     ("training-curves", "Training curves"),
     ("confusion-matrix", "Confusion matrix (linear probe, test)"),
     ("tsne", "t-SNE of test sensor embeddings"),
     ("cosine-histogram", "Cosine similarity of different-label video pairs"),
-    ("weight-cdfs", "Stage-2 weights W by negative type"),
     ("similarity-scatter", "Spatial vs temporal similarity"),
-    ("clusters", "Cluster sizes and purity"),
 )
 
 
@@ -58,7 +59,7 @@ def load_test_embeddings(run: Any, host: Any) -> TestEmbeddings:
     """Rebuild the run's model from spec.yaml, load the checkpoint evaluation chose, embed the test split."""
     spec = load_spec(run.spec_file, host.registry)
     evaluated_checkpoint_path(spec, run)  # before building the dataset: refuses a run with nothing to embed
-    session = Session.from_spec(spec, host)
+    session = Session.from_spec(spec, host, run.path)
     load_preprocessing(session.source, run.path)
     _, path = load_evaluated_checkpoint(session, run)
     test = embed_split(session, "test")
@@ -95,22 +96,20 @@ def anchor_class(labels: np.ndarray, fixtures: np.ndarray) -> int | None:
     return int(counts.argmax()) if counts.size and counts.max() > 0 else None
 
 
-def run_sections(run: Any, host: Any, log: Callable[[str], None] = print) -> tuple[list[Section], dict[str, Any]]:
+def run_sections(
+    run: Any, host: Any, summary: dict[str, Any], log: Callable[[str], None] = print
+) -> tuple[list[Section], dict[str, Any]]:
+    """The core's sections (SECTIONS, in order), then those the plugins add; each skipped one is logged."""
     records = run.read_metrics()
-    out = run.plots / "report"
+    context = ReportContext(records=records, summary=summary, run_path=run.path, out=run.plots / "report")
     titles = dict(SECTIONS)
     sections: dict[str, Section] = {}
 
     def skip(key: str, reason: str) -> None:
-        sections[key] = Section(key, titles[key], skip=reason)
+        sections[key] = context.skip(key, titles[key], reason)
 
     def draw(key: str, plot: Callable[[Path], Path], caption: str) -> None:
-        try:
-            path = plot(out / f"{key}.png")
-        except ValueError as exc:  # the figure functions refuse data they cannot draw, with the reason
-            skip(key, f"could not draw: {exc}")
-        else:
-            sections[key] = Section(key, titles[key], png=path.read_bytes(), caption=caption)
+        sections[key] = context.draw(key, titles[key], plot, caption)
 
     if figures.epoch_records(records):
         draw(
@@ -173,28 +172,26 @@ def run_sections(run: Any, host: Any, log: Callable[[str], None] = print) -> tup
                 "easy = other fixture, untyped = a window without fixture.",
             )
 
-    if figures.weight_quantile_records(records):
-        draw(
-            "weight-cdfs",
-            lambda p: figures.plot_weight_cdfs(records, p),
-            "Empirical CDF of W per stage-2 epoch (from 21 logged quantiles of a uniform sample), dark early, "
-            "bright late.",
-        )
-    else:
-        skip("weight-cdfs", "metrics.jsonl has no w_*_quantiles records (the run has no DETACH temporal stage)")
-
-    if figures.cluster_records(records):
-        draw(
-            "clusters",
-            lambda p: figures.plot_clusters(records, p),
-            "Stage-1 ODC clusters after each epoch; purity and NMI against the ground-truth fixtures.",
-        )
-    else:
-        skip("clusters", "metrics.jsonl has no cluster_sizes records (the run has no clustering stage)")
-    for section in sections.values():
+    ordered = [sections[key] for key, _ in SECTIONS] + plugin_sections(host, context)
+    for section in ordered:
         if section.skip:
             log(f"skipped {section.title}: {section.skip}")
-    return [sections[key] for key, _ in SECTIONS], info
+    return ordered, info
+
+
+def plugin_sections(host: Any, context: ReportContext) -> list[Section]:
+    """Every plugin's `detach_report_sections(context)`, plugin by plugin in load order (the order of
+    get_hookimpls; a plain hook call would run the last registered first)."""
+    sections: list[Section] = []
+    for impl in host.manager.hook.detach_report_sections.get_hookimpls():
+        contributed = impl.function(context=context)
+        if not isinstance(contributed, list) or not all(isinstance(s, Section) for s in contributed):
+            raise PluginError(
+                f"plugin '{impl.plugin_name}': detach_report_sections returned {type(contributed).__name__}, "
+                "not a list of detach_framework.report.Section"
+            )
+        sections += contributed
+    return sections
 
 
 def _summary_tables(summary: dict[str, Any]) -> list[str]:
@@ -221,7 +218,7 @@ def _write_run_report(run: Any, host: Any, log: Callable[[str], None]) -> Path:
     summary: dict[str, Any] = {}
     if run.summary_file.is_file():
         summary = json.loads(run.summary_file.read_text(encoding="utf-8"))
-    sections, info = run_sections(run, host, log)
+    sections, info = run_sections(run, host, summary, log)
     name = summary.get("name") or run.path.name
     split = summary.get("split", "test")
     meta = [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from detach_framework.plugins import hookimpl
 from detach_framework.registry import Register
 
@@ -17,8 +19,12 @@ from .encoders import (
 )
 from .kmeans import KMeansClusterer, KMeansParams
 from .odc import OdcParams, OnlineDeepClustering
+from .report import report_sections
 from .spatial import SpatialAligner, SpatialParams
 from .temporal import TemporalAligner, TemporalParams
+
+if TYPE_CHECKING:
+    from detach_framework.report import ReportContext, Section
 
 
 @hookimpl
@@ -83,3 +89,9 @@ def detach_register_components(register: Register) -> None:
         params=TemporalParams,
         description="DETACH stage 2: spatial-temporal weighted contrastive loss, EMA momentum encoders.",
     )
+
+
+@hookimpl
+def detach_report_sections(context: ReportContext) -> list[Section]:
+    """Stage 2's weights W by negative type and stage 1's clusters, from the aligners' epoch diagnostics."""
+    return report_sections(context)

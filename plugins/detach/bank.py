@@ -3,14 +3,38 @@ every training sample's feature, kept in buffers so that they are saved and resu
 
 from __future__ import annotations
 
+from typing import Annotated, Literal, Protocol
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Discriminator, Field, Tag
 from sklearn.cluster import KMeans
 from torch import nn
 
+from detach_framework.engine.locations import AUTO
 from detach_framework.engine.precision import float32
-from detach_framework.errors import UserError
+from detach_framework.errors import PluginError, UserError
+
+# A clusterer's `k`: a count, or `auto`, which the Session resolves from the training windows before the clusterer
+# is built (detach_framework/engine/locations.py), so a clusterer only ever sees an int.
+# Told apart by the input's type, so that a bad value gets one error: `k: sometimes` is not `auto`, `k: 1` is below 2.
+ClusterCount = Annotated[
+    Annotated[int, Field(ge=2, le=1024), Tag("count")] | Annotated[Literal["auto"], Tag("auto")],
+    Discriminator(lambda value: "auto" if isinstance(value, str) else "count"),
+]
+CLUSTER_COUNT_HELP = (
+    "Clusters K = number of sensor locations; auto: estimated before stage 1 from which channels fire together "
+    "in the training windows (recorded in the run's k_estimate.json)."
+)
+
+
+class BankSettings(Protocol):
+    """What every bank clusterer's params hold (KMeansParams, OdcParams)."""
+
+    k: int
+    temperature: float
+    kmeans_init: int
 
 
 class BankClusterer(nn.Module):
@@ -18,14 +42,17 @@ class BankClusterer(nn.Module):
     by seeded k-means. A subclass says how they move (`update_bank`, `update_centroids`) and how clusters weigh
     (`class_weights`); `augment` is the identity unless it overrides it."""
 
-    def __init__(self, *, k: int, num_samples: int, dim: int, temperature: float, kmeans_init: int) -> None:
+    def __init__(self, params: BankSettings, num_samples: int, dim: int) -> None:
         super().__init__()
-        self.k = k
-        self.temperature = temperature
-        self.kmeans_init = kmeans_init
+        if params.k == AUTO:
+            raise PluginError("model.clusterer.k: auto reached the clusterer; the Session resolves it to an int first")
+        self.params = params
+        self.k = params.k
+        self.temperature = params.temperature
+        self.kmeans_init = params.kmeans_init
         self.register_buffer("bank", torch.zeros(num_samples, dim))
         self.register_buffer("labels", torch.zeros(num_samples, dtype=torch.long))
-        self.register_buffer("centroids", F.normalize(torch.randn(k, dim, generator=_gen(0)), dim=1))
+        self.register_buffer("centroids", F.normalize(torch.randn(self.k, dim, generator=_gen(0)), dim=1))
 
     # -- assignment ------------------------------------------------------------------------------
 

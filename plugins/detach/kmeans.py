@@ -17,11 +17,11 @@ from sklearn.cluster import KMeans
 from detach_framework.engine.precision import float32
 from detach_framework.registry import ComponentParams
 
-from .bank import BankClusterer
+from .bank import CLUSTER_COUNT_HELP, BankClusterer, ClusterCount
 
 
 class KMeansParams(ComponentParams):
-    k: int = Field(7, ge=2, le=1024, description="Clusters K = number of sensor locations.")
+    k: ClusterCount = Field(7, description=CLUSTER_COUNT_HELP)
     temperature: float = Field(0.1, gt=0, description="Cluster logits are cos(z_s, centroid) / temperature.")
     kmeans_init: int = Field(10, ge=1, le=1000, description="Restarts of the first fit (scikit-learn n_init).")
     weights: Literal["uniform", "inverse_size"] = Field(
@@ -32,15 +32,7 @@ class KMeansParams(ComponentParams):
 class KMeansClusterer(BankClusterer):
     """k-means over `num_samples` training samples of `dim`-d features, re-fitted per epoch."""
 
-    def __init__(self, params: KMeansParams, num_samples: int, dim: int) -> None:
-        super().__init__(
-            k=params.k,
-            num_samples=num_samples,
-            dim=dim,
-            temperature=params.temperature,
-            kmeans_init=params.kmeans_init,
-        )
-        self.params = params
+    params: KMeansParams
 
     @float32
     @torch.no_grad()

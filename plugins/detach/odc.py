@@ -13,11 +13,11 @@ from detach_framework.engine.precision import float32
 from detach_framework.registry import ComponentParams
 
 from .augment import time_warp
-from .bank import BankClusterer
+from .bank import CLUSTER_COUNT_HELP, BankClusterer, ClusterCount
 
 
 class OdcParams(ComponentParams):
-    k: int = Field(7, ge=2, le=1024, description="Clusters K = number of sensor locations.")
+    k: ClusterCount = Field(7, description=CLUSTER_COUNT_HELP)
     min_cluster_size: int = Field(
         100, ge=0, le=10_000_000, description="Clusters smaller than this are dissolved each epoch."
     )
@@ -35,15 +35,10 @@ class OnlineDeepClustering(BankClusterer):
     """Memory bank + centroids for `num_samples` training samples of `dim`-d sensor-spatial features, moved
     online: the bank and labels at every step, the centroids (with dissolve and split) at every epoch end."""
 
+    params: OdcParams
+
     def __init__(self, params: OdcParams, num_samples: int, dim: int) -> None:
-        super().__init__(
-            k=params.k,
-            num_samples=num_samples,
-            dim=dim,
-            temperature=params.temperature,
-            kmeans_init=params.kmeans_init,
-        )
-        self.params = params
+        super().__init__(params, num_samples, dim)
         self.register_buffer("initialized", torch.tensor(False))
 
     @torch.no_grad()

@@ -1,42 +1,35 @@
-"""First-party evaluators: the linear probe of the downstream protocol and cross-modal retrieval."""
+"""First-party evaluators: the linear probe of the downstream protocol, cross-modal retrieval, the recording-level
+probe and the probe's robustness to sensor perturbations."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
 from pydantic import Field, PositiveInt
 
-from detach_framework.contracts import EmbeddingSet, EvalContext, EvalResult, WindowProbeEvaluator
-from detach_framework.evaluation import (
-    accuracy,
-    confusion_matrix,
-    macro_map,
-    per_class_rows,
-    plot_confusion_matrix,
-    recall_at_k,
-    weighted_f1,
-)
-from detach_framework.evaluation.probe import LinearClassifier
+from detach_framework.contracts import EmbeddingSet, EvalContext, EvalResult
+from detach_framework.evaluation import recall_at_k
 from detach_framework.plugins import hookimpl
-from detach_framework.registry import MAX_BATCH_SIZE, MAX_EPOCHS, ComponentParams, Register
+from detach_framework.registry import ComponentParams, Register
 
-from .probe_fit import MAX_PROBE_LR, MAX_PROBE_WEIGHT_DECAY, ProbeFitParams
+from .linear_probe import CONFUSION_PNG, LinearProbeEvaluator, LinearProbeParams
 from .recording_probe import RecordingProbeEvaluator, RecordingProbeParams
+from .robustness import RobustnessEvaluator, RobustnessParams, report_sections
 
-CONFUSION_PNG = "confusion_matrix.png"
+if TYPE_CHECKING:
+    from detach_framework.report import ReportContext, Section
 
-
-class LinearProbeParams(ProbeFitParams):
-    epochs: PositiveInt = Field(30, le=MAX_EPOCHS, description="Training epochs of the linear classifier.")
-    lr: float = Field(1e-3, gt=0, le=MAX_PROBE_LR, description="Adam learning rate.")
-    batch_size: PositiveInt = Field(256, le=MAX_BATCH_SIZE, description="Mini-batch size.")
-    weight_decay: float = Field(
-        0.0, ge=0, le=MAX_PROBE_WEIGHT_DECAY, description="Adam weight decay (L2 on the classifier)."
-    )
-    standardize: bool = Field(
-        True, description="Standardise each feature with the train split's mean and std before fitting."
-    )
+__all__ = [
+    "CONFUSION_PNG",
+    "LinearProbeEvaluator",
+    "LinearProbeParams",
+    "RecordingProbeEvaluator",
+    "RecordingProbeParams",
+    "RetrievalEvaluator",
+    "RetrievalParams",
+    "RobustnessEvaluator",
+    "RobustnessParams",
+]
 
 
 class RetrievalParams(ComponentParams):
@@ -46,36 +39,6 @@ class RetrievalParams(ComponentParams):
         max_length=64,
         description="Cut-offs k of recall@k (a k above the test size counts as the test size).",
     )
-
-
-class LinearProbeEvaluator(WindowProbeEvaluator):
-    """Linear probe on frozen `probe` features: weighted F1, macro mAP, accuracy, per-class table, CM plot."""
-
-    def __init__(self, params: LinearProbeParams) -> None:
-        self.params = params
-
-    def fit_classifier(self, train: EmbeddingSet, ctx: EvalContext) -> LinearClassifier:
-        return self.params.fit_classifier(train.probe, train.labels, len(ctx.class_names), ctx.seed)
-
-    def evaluate(self, train: EmbeddingSet, test: EmbeddingSet, ctx: EvalContext) -> EvalResult:
-        names = list(ctx.class_names)
-        probs = self.params.fit_probe(train.probe, train.labels, test.probe, len(names), ctx.seed)
-        y_true = np.asarray(test.labels)  # metrics reject non-integer labels rather than truncating
-        y_pred = probs.argmax(axis=1)
-        metrics = {
-            "weighted_f1": weighted_f1(y_true, y_pred),
-            "macro_map": macro_map(y_true, probs),
-            "accuracy": accuracy(y_true, y_pred),
-        }
-        out_dir = Path(ctx.out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        png = plot_confusion_matrix(
-            confusion_matrix(y_true, y_pred, len(names)),
-            names,
-            out_dir / CONFUSION_PNG,
-            title="Linear probe confusion matrix (test)",
-        )
-        return EvalResult(metrics=metrics, tables={"per_class": per_class_rows(y_true, y_pred, names)}, plots=[png])
 
 
 class RetrievalEvaluator:
@@ -111,3 +74,17 @@ def detach_register_components(register: Register) -> None:
         params=RecordingProbeParams,
         description="Recording-level linear probe on the mean of each recording's window features (HWU-USP).",
     )
+    register(
+        kind="evaluator",
+        name="robustness",
+        factory=RobustnessEvaluator,
+        params=RobustnessParams,
+        description="The linear probe on perturbed sensor windows (a fixture silenced, a clock offset, more noise): "
+        "weighted F1 and macro mAP per condition, a table and a figure.",
+    )
+
+
+@hookimpl
+def detach_report_sections(context: ReportContext) -> list[Section]:
+    """The robustness evaluator's table and figure, for each of the run's summaries holding one."""
+    return report_sections(context)

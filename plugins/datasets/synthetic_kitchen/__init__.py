@@ -39,8 +39,9 @@ def build_synthetic_kitchen(params: SyntheticKitchenParams, data: DataSettings) 
     if params.root is None:
         seed = data.seed if params.seed is None else params.seed
         knobs = params.resolve_knobs()
-        check_fits_in_memory(knobs, data)
-        return SyntheticKitchen(generate_recordings(knobs, seed), knobs, seed, params.preset, data)
+        layout = params.resolve_layout()
+        check_fits_in_memory(knobs, data, layout)
+        return SyntheticKitchen(generate_recordings(knobs, seed, layout), knobs, seed, params.preset, data, layout)
     stored = load_recordings(Path(params.root))
     # A stored kitchen fixes its own knobs and seed: a request for different ones cannot be honoured.
     overrides = params.knob_overrides()
@@ -55,8 +56,14 @@ def build_synthetic_kitchen(params: SyntheticKitchenParams, data: DataSettings) 
         raise UserError(
             f"synthetic_kitchen: root {params.root} was generated with seed {stored.seed}, not {params.seed}"
         )
-    check_fits_in_memory(stored.knobs, data)
-    return SyntheticKitchen(stored.recordings, stored.knobs, stored.seed, stored.preset, data)
+    if params.layout is not None and params.resolve_layout() != stored.layout:
+        held = ", ".join(stored.layout.fixture_names)
+        raise UserError(
+            f"synthetic_kitchen: root {params.root} holds a kitchen of fixtures {held}, not the layout asked for "
+            "(remove `layout`: a stored kitchen keeps its own)"
+        )
+    check_fits_in_memory(stored.knobs, data, stored.layout)
+    return SyntheticKitchen(stored.recordings, stored.knobs, stored.seed, stored.preset, data, stored.layout)
 
 
 @hookimpl
@@ -66,7 +73,7 @@ def detach_register_components(register: Register) -> None:
         name="synthetic_kitchen",
         factory=build_synthetic_kitchen,
         params=SyntheticKitchenParams,
-        description="Synthetic kitchen: fixed camera + 34 ambient channels on 7 fixtures, 15 open/close "
-        "classes (no download; presets tiny/quickstart/benchmark)",
+        description="Synthetic kitchen: fixed camera + ambient channels on 3-12 fixtures (default layout: 34 "
+        "channels on 7 fixtures, 15 open/close classes; no download; presets tiny/quickstart/benchmark)",
         tools={"export_opportunity_pp": export_opportunity_pp, READ_RECORDING: read_sensor_recording},
     )

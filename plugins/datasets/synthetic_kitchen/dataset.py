@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from detach_framework.contracts import SPLITS
+from detach_framework.contracts import SPLITS, SensorLayout
 from detach_framework.data.recordings import labelling_actions
 from detach_framework.data.settings import DataSettings
 from detach_framework.data.transforms import (
@@ -22,9 +22,10 @@ from detach_framework.data.transforms import (
     resample_linear,
     resolve_nan,
 )
+from detach_framework.engine.encoder import window_samples
 from detach_framework.errors import UserError
 
-from .layout import ACTIVITY_NAMES, CLASS_NAMES, FIXTURE_NAMES, SENSOR_RATE_HZ, channel_layout
+from .layout import ACTIVITY_NAMES, DEFAULT_LAYOUT, SENSOR_RATE_HZ, KitchenLayout
 from .presets import Knobs
 from .render import KitchenRenderer
 from .scene import SceneRecording, frame_states
@@ -48,9 +49,9 @@ ZSCORE = ZScoreStep()
 PREPROCESSING = [NanPolicyStep(), ResampleStep(), ZSCORE]
 
 
-def estimated_bytes(knobs: Knobs, data: DataSettings) -> int:
-    """Peak memory of generating the kitchen of `knobs` and cutting its windows for `data`."""
-    channels = len(channel_layout().names)
+def estimated_bytes(knobs: Knobs, data: DataSettings, layout: KitchenLayout = DEFAULT_LAYOUT) -> int:
+    """Peak memory of generating the kitchen of `knobs` and `layout` and cutting its windows for `data`."""
+    channels = len(layout.channels().names)
     stream = int(round(knobs.recording_seconds * SENSOR_RATE_HZ)) * channels
     recordings = knobs.subjects * knobs.recordings_per_subject
     per_recording = int((knobs.recording_seconds - data.window_seconds) / data.stride_seconds + 1e-9) + 1
@@ -62,9 +63,9 @@ def estimated_bytes(knobs: Knobs, data: DataSettings) -> int:
     )
 
 
-def check_fits_in_memory(knobs: Knobs, data: DataSettings) -> None:
+def check_fits_in_memory(knobs: Knobs, data: DataSettings, layout: KitchenLayout) -> None:
     """Refuse, before generating anything, a kitchen that would take more than MEMORY_SHARE of the machine."""
-    needed = estimated_bytes(knobs, data)
+    needed = estimated_bytes(knobs, data, layout)
     physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     if needed > MEMORY_SHARE * physical:
         raise UserError(
@@ -121,23 +122,31 @@ def window_labels(
 
 
 class SyntheticKitchen:
-    """The synthetic kitchen as a DatasetSource: 7 fixtures, 15 classes (Null + open/close per fixture)."""
+    """The synthetic kitchen as a DatasetSource: by default 7 fixtures and 15 classes (Null + open/close per
+    fixture); `layout` decides. `fixture_names` has one name per sensor location, so its length is the true K."""
 
     def __init__(
-        self, recordings: list[SceneRecording], knobs: Knobs, seed: int, preset: str, data: DataSettings
+        self,
+        recordings: list[SceneRecording],
+        knobs: Knobs,
+        seed: int,
+        preset: str,
+        data: DataSettings,
+        layout: KitchenLayout,
     ) -> None:
-        layout = channel_layout()
-        self.class_names: list[str] = list(CLASS_NAMES)
-        self.channel_names: list[str] = list(layout.names)
-        self.fixture_names: list[str] = list(FIXTURE_NAMES)
+        channels = layout.channels()
+        self.layout = layout
+        self.class_names: list[str] = layout.class_names
+        self.channel_names: list[str] = list(channels.names)
+        self.fixture_names: list[str] = layout.fixture_names
         self.activity_names: list[str] = list(ACTIVITY_NAMES)
-        self.channel_fixture: np.ndarray = layout.fixture.copy()  # fixture owning each channel
+        self.channel_fixture: np.ndarray = channels.fixture  # fixture owning each channel
         self.recordings = recordings
         self.knobs = knobs
         self.seed = int(seed)
         self.preset = preset
         self.data = data
-        self.renderer = KitchenRenderer(self.seed, knobs.fixture_motion_px)
+        self.renderer = KitchenRenderer(self.seed, knobs.fixture_motion_px, layout)
         self.subject_splits = subject_splits(knobs.subjects, self.seed)
         self._check_settings(data)
 
@@ -167,9 +176,21 @@ class SyntheticKitchen:
         pipeline.fit_windows = len(self._splits["train"])
         return {"dataset": "synthetic_kitchen", "rate_hz": SENSOR_RATE_HZ, **pipeline.state(self.channel_names)}
 
+    def sensor_layout(self) -> SensorLayout:
+        """contracts.SensorLayoutSource (the robustness evaluator): each fixture's channels (`channel_fixture`),
+        the raw stream's noise knob in z-score units, and the largest clock offset the knobs draw."""
+        return SensorLayout.from_channel_fixture(
+            self.fixture_names,
+            self.channel_fixture,
+            rate_hz=SENSOR_RATE_HZ,
+            window_samples=window_samples(self.data.window_seconds, SENSOR_RATE_HZ),
+            noise_std=self.knobs.sensor_noise_std / self.sensor_std,
+            clock_offset_s=self.knobs.max_clock_offset_s,
+        )
+
     def export(self, out_dir: Path) -> None:
         """Write the generated ground truth (readable back with params `root`)."""
-        export_recordings(Path(out_dir), self.preset, self.seed, self.knobs, self.recordings)
+        export_recordings(Path(out_dir), self.preset, self.seed, self.knobs, self.layout, self.recordings)
 
     # ---- windows ----------------------------------------------------------------------------------
 
@@ -262,7 +283,8 @@ class KitchenSplit(torch.utils.data.Dataset):
         """uint8 [T, 3, S, S] frames of window i."""
         rec = self.kitchen.recordings[self.recording[i]]
         knobs = self.kitchen.knobs
-        states = frame_states(rec, self.frame_times(i), knobs.flicker_amplitude, knobs.camera_jitter_px)
+        fixtures = len(self.kitchen.fixture_names)
+        states = frame_states(rec, self.frame_times(i), knobs.flicker_amplitude, knobs.camera_jitter_px, fixtures)
         return self.kitchen.renderer.render(states, size or self.kitchen.data.frame_size, rec.shirt)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:

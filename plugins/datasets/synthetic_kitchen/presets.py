@@ -1,13 +1,29 @@
-"""Params of the synthetic kitchen, its presets, and the resolved knob values generation runs with."""
+"""Params of the synthetic kitchen, its presets, the resolved knob values generation runs with, and its layout."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal, get_type_hints
+from typing import Annotated, Any, Literal, get_type_hints
 
-from pydantic import Field, create_model
+from pydantic import Discriminator, Field, Strict, Tag, create_model, model_validator
 
 from detach_framework.registry import MAX_SEED, ComponentParams
+
+from .layout import (
+    CATALOGUE,
+    DEFAULT_FIXTURES,
+    DEFAULT_LAYOUT,
+    DRAWER_GAP,
+    KINDS,
+    MAX_DRAWER_GAP,
+    MAX_FIXTURES,
+    MIN_FIXTURES,
+    FixtureKindName,
+    FixtureParams,
+    KitchenLayout,
+    build_layout,
+    catalogue_specs,
+)
 
 PresetName = Literal["tiny", "quickstart", "benchmark"]
 
@@ -152,6 +168,61 @@ def _knob_override_fields() -> dict[str, Any]:
     }
 
 
+def _by_type(of_str: str, otherwise: str) -> Discriminator:
+    """Pick a union member by the input's type, so a bad value gets that member's error alone."""
+    return Discriminator(
+        lambda value: of_str if isinstance(value, int | str) and not isinstance(value, bool) else otherwise
+    )
+
+
+# `fixtures: 10` or `fixtures: [door, {kind: drawer, reeds: 0}, ...]`.
+FixtureEntry = Annotated[
+    Annotated[FixtureKindName, Tag("kind")] | Annotated[FixtureParams, Tag("fixture")], _by_type("kind", "fixture")
+]
+FixturesField = Annotated[
+    Annotated[int, Strict(), Tag("count")] | Annotated[list[FixtureEntry], Tag("list")], _by_type("count", "list")
+]
+
+
+class KitchenLayoutParams(ComponentParams):
+    """Which fixtures the kitchen has, with their sensors, and how close its stacked drawers stand. The class list
+    (Null + open/close per fixture), the channels, the image regions and the activity routines follow from it."""
+
+    fixtures: FixturesField = Field(
+        DEFAULT_FIXTURES,
+        description=f"A count ({MIN_FIXTURES}-{MAX_FIXTURES}: the first kinds of {', '.join(CATALOGUE)}, each with "
+        "its usual sensors) or a list of kinds, or of {kind, reeds, accelerometer}, in class order. Each instance "
+        "stands at its kind's next place (room for "
+        + ", ".join(f"{len(kind.places)} {name}" for name, kind in KINDS.items())
+        + "); a kind listed more than once is numbered in list order (door1, door2; drawer1 is the top drawer).",
+    )
+    drawer_gap: float = Field(
+        DRAWER_GAP,
+        ge=0.0,
+        le=MAX_DRAWER_GAP,
+        description="Gap between stacked drawers in frame heights: the drawers share one standing spot, and a "
+        "smaller gap packs their image regions closer (the hardest fixtures to tell apart by video).",
+    )
+
+    def specs(self) -> list[FixtureParams]:
+        if isinstance(self.fixtures, int):
+            return catalogue_specs(self.fixtures)
+        return [FixtureParams(kind=entry) if isinstance(entry, str) else entry for entry in self.fixtures]
+
+    def resolve(self) -> KitchenLayout:
+        return build_layout(self.specs(), self.drawer_gap)
+
+    @model_validator(mode="after")
+    def _buildable(self) -> KitchenLayoutParams:
+        self.resolve()  # a ValueError naming the entry and the value
+        return self
+
+    @classmethod
+    def of(cls, layout: KitchenLayout) -> KitchenLayoutParams:
+        """The explicit params of a layout (what a stored kitchen records)."""
+        return cls(fixtures=layout.specs(), drawer_gap=layout.drawer_gap)
+
+
 class _PresetParams(ComponentParams):
     preset: PresetName = Field(
         "quickstart",
@@ -165,7 +236,15 @@ _PresetAndKnobParams = create_model("_PresetAndKnobParams", __base__=_PresetPara
 
 
 class SyntheticKitchenParams(_PresetAndKnobParams):
-    """Synthetic kitchen: a preset plus optional knob overrides (None keeps the preset's value)."""
+    """Synthetic kitchen: a preset plus optional knob overrides (None keeps the preset's value) and layout."""
+
+    layout: KitchenLayoutParams | None = Field(
+        None,
+        description="The fixtures and their sensors, e.g. {fixtures: 10} or {fixtures: [door, fridge, {kind: "
+        f"drawer, reeds: 0}}, ...]}}; null: the original {len(DEFAULT_LAYOUT.fixtures)} "
+        f"({', '.join(DEFAULT_LAYOUT.fixture_names)}: {len(DEFAULT_LAYOUT.channels().names)} channels, "
+        f"{len(DEFAULT_LAYOUT.class_names)} classes). A stored kitchen (root) keeps its own.",
+    )
 
     root: str | None = Field(
         None,
@@ -183,3 +262,6 @@ class SyntheticKitchenParams(_PresetAndKnobParams):
         base = PRESETS[self.preset].to_dict()
         base.update(self.knob_overrides())
         return Knobs(**base)
+
+    def resolve_layout(self) -> KitchenLayout:
+        return DEFAULT_LAYOUT if self.layout is None else self.layout.resolve()

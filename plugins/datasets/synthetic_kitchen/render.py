@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .layout import FIXTURES, NUM_FIXTURES
+from .layout import DEFAULT_LAYOUT, KitchenLayout
 from .scene import FrameStates
 
 REFERENCE_SIZE = 64  # pixel knobs (fixture motion, camera jitter) are given at this frame size
@@ -18,15 +18,6 @@ REFERENCE_SIZE = 64  # pixel knobs (fixture motion, camera jitter) are given at 
 _INTERIOR_SHADE = 0.6
 _TROUSERS = np.array([0.16, 0.17, 0.24])
 _SKIN = np.array([0.86, 0.68, 0.56])
-_FIXTURE_BASE = {
-    "door1": (0.72, 0.60, 0.45),
-    "door2": (0.70, 0.58, 0.44),
-    "fridge": (0.88, 0.89, 0.90),
-    "dishwasher": (0.62, 0.64, 0.66),
-    "drawer1": (0.78, 0.66, 0.48),
-    "drawer2": (0.78, 0.66, 0.48),
-    "drawer3": (0.78, 0.66, 0.48),
-}
 PERSON_HEIGHT = 0.42  # of the frame: the person dwarfs any fixture's visible change (P1)
 
 
@@ -117,11 +108,13 @@ def _shift_with_edge(img: np.ndarray, k: int, axis: int) -> np.ndarray:
 
 
 class KitchenRenderer:
-    """Renders FrameStates into uint8 video. The look (texture, colours) is a function of the seed."""
+    """Renders FrameStates of a kitchen `layout` into uint8 video. The look (texture, colours) is a function of the
+    seed."""
 
-    def __init__(self, seed: int, fixture_motion_px: float) -> None:
+    def __init__(self, seed: int, fixture_motion_px: float, layout: KitchenLayout = DEFAULT_LAYOUT) -> None:
         rng = np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFFFFFFFFFF, 3]))
         self.fixture_motion_px = float(fixture_motion_px)
+        self.fixtures = layout.fixtures
         self._wall = np.array([0.80, 0.78, 0.70]) + rng.uniform(-0.08, 0.08, 3)
         self._floor = np.array([0.55, 0.50, 0.44]) + rng.uniform(-0.08, 0.08, 3)
         self._counter = np.array([0.35, 0.33, 0.32]) + rng.uniform(-0.05, 0.05, 3)
@@ -131,7 +124,7 @@ class KitchenRenderer:
         )
         self._tiles = int(rng.integers(8, 14))
         self._fixture_colour = [
-            np.clip(np.array(_FIXTURE_BASE[f.name]) + rng.uniform(-0.05, 0.05, 3), 0.0, 1.0) for f in FIXTURES
+            np.clip(np.array(f.colour) + rng.uniform(-0.05, 0.05, 3), 0.0, 1.0) for f in self.fixtures
         ]
         self._static: dict[tuple[int, int | None], np.ndarray] = {}
 
@@ -143,7 +136,7 @@ class KitchenRenderer:
         key = (size, without)
         if key not in self._static:
             img = self._background(size)[None]
-            for f in range(NUM_FIXTURES):
+            for f in range(len(self.fixtures)):
                 if f != without:
                     self._draw_fixture(img, f, np.zeros(1), np.zeros(1), size)
             self._static[key] = img[0]
@@ -175,7 +168,7 @@ class KitchenRenderer:
         Doors and the fridge swing on a hinge: only their free edge (and handle) moves. Drawers and the
         dishwasher slide: the whole panel moves and uncovers its shaded inside.
         """
-        fx = FIXTURES[f]
+        fx = self.fixtures[f]
         ox, oy = origin
         x0, y0, x1, y1 = fx.rect[0] * size - ox, fx.rect[1] * size - oy, fx.rect[2] * size - ox, fx.rect[3] * size - oy
         colour = self._fixture_colour[f]
@@ -195,7 +188,8 @@ class KitchenRenderer:
     def fixture_shift(self, f: int, extent: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
         """Pixel shift of fixture f's panel at opening extents."""
         amount = np.asarray(extent, np.float64) * self.fixture_motion_px * size / REFERENCE_SIZE
-        return FIXTURES[f].motion[0] * amount, FIXTURES[f].motion[1] * amount
+        motion = self.fixtures[f].motion
+        return motion[0] * amount, motion[1] * amount
 
     # ---- frames -----------------------------------------------------------------------------------
 
@@ -210,7 +204,7 @@ class KitchenRenderer:
         for f in opened:
             sel = np.flatnonzero(states.extent[:, f] > 1e-4)
             dx, dy = self.fixture_shift(int(f), states.extent[sel, f], size)
-            x0, y0, x1, y1 = (c * size for c in FIXTURES[f].rect)
+            x0, y0, x1, y1 = (c * size for c in self.fixtures[f].rect)
             xs = slice(max(int(x0 + min(dx.min(), 0.0)) - 2, 0), min(int(np.ceil(x1 + max(dx.max(), 0.0))) + 2, size))
             ys = slice(max(int(y0 + min(dy.min(), 0.0)) - 2, 0), min(int(np.ceil(y1 + max(dy.max(), 0.0))) + 2, size))
             frames[sel, :, ys, xs] = self.static_frame(size, without=int(f))[:, ys, xs]
@@ -237,7 +231,7 @@ class KitchenRenderer:
         bob = -0.012 * size * np.abs(swing)
         f = s.reach_fixture
         reaching = (f >= 0) & (s.reach > 0)
-        handle = np.array([fx.handle for fx in FIXTURES])[np.maximum(f, 0)] * size  # [T, 2]
+        handle = np.array([fx.handle for fx in self.fixtures])[np.maximum(f, 0)] * size  # [T, 2]
         for fixture in np.unique(f[reaching]):
             rows = reaching & (f == fixture)
             dx, dy = self.fixture_shift(int(fixture), s.extent[rows, fixture], size)

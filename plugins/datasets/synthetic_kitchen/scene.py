@@ -15,8 +15,7 @@ from .layout import (
     ACTION_SECONDS,
     ACTIVITIES,
     CLOSE,
-    FIXTURE_NAMES,
-    FIXTURES,
+    DEFAULT_LAYOUT,
     IDLE_SPOTS,
     NUM_FIXTURES,
     OPEN,
@@ -25,9 +24,9 @@ from .layout import (
     STEP_LENGTH,
     VISIT_FEET_Y,
     WALK_SPEED,
-    channel_layout,
+    Fixture,
+    KitchenLayout,
     class_index,
-    crosstalk_weights,
     template_accel,
     template_extent,
 )
@@ -112,8 +111,8 @@ def _seed_entropy(seed: int) -> int:
     return int(seed) & 0xFFFFFFFFFFFFFFFF  # SeedSequence wants a non-negative int
 
 
-def generate_recordings(knobs: Knobs, seed: int) -> list[SceneRecording]:
-    """All recordings of all subjects, deterministic in (knobs, seed)."""
+def generate_recordings(knobs: Knobs, seed: int, layout: KitchenLayout = DEFAULT_LAYOUT) -> list[SceneRecording]:
+    """All recordings of all subjects, deterministic in (knobs, seed, layout)."""
     recordings: list[SceneRecording] = []
     for subject in range(knobs.subjects):
         traits = np.random.default_rng(np.random.SeedSequence([_seed_entropy(seed), 1, subject]))
@@ -124,7 +123,7 @@ def generate_recordings(knobs: Knobs, seed: int) -> list[SceneRecording]:
         for r in range(knobs.recordings_per_subject):
             activity = (first_activity + r) % len(ACTIVITIES)
             recordings.append(
-                _generate_recording(knobs, seed, len(recordings), subject, r, activity, speed, amplitude, shirt)
+                _generate_recording(knobs, layout, seed, len(recordings), subject, r, activity, speed, amplitude, shirt)
             )
     return recordings
 
@@ -137,6 +136,7 @@ def _shirt_colour(rng: np.random.Generator) -> np.ndarray:
 
 def _generate_recording(
     knobs: Knobs,
+    layout: KitchenLayout,
     seed: int,
     rec_id: int,
     subject: int,
@@ -151,7 +151,8 @@ def _generate_recording(
     streams = (np.random.default_rng(s) for s in ss.spawn(6))
     timeline_rng, sensor_rng, nan_rng, video_rng, node_rng, extent_rng = streams
     duration = float(knobs.recording_seconds)
-    visits, keyframes = _timeline(timeline_rng, activity, duration, speed, knobs.max_hold_s)
+    script = layout.routines()[activity]
+    visits, keyframes = _timeline(timeline_rng, layout.fixtures, script, duration, speed, knobs.max_hold_s)
     rec = SceneRecording(
         rec_id=rec_id,
         subject=subject,
@@ -183,15 +184,20 @@ def _generate_recording(
     )
     rec.open_extent, rec.rest_extent = _extents(extent_rng, knobs, rec.visit_fixture)
     rec.nudge_visit, rec.nudge_on, rec.nudge_depth = _nudges(extent_rng, knobs.handling_depth, rec, rec.open_extent)
-    rec.sensor = synthesize_sensor(rec, knobs, sensor_rng, nan_rng, node_rng)
+    rec.sensor = synthesize_sensor(rec, knobs, layout, sensor_rng, nan_rng, node_rng)
     return rec
 
 
 def _timeline(
-    rng: np.random.Generator, activity: int, duration: float, speed: float, max_hold_s: float
+    rng: np.random.Generator,
+    fixtures: tuple[Fixture, ...],
+    script: tuple[int, ...],
+    duration: float,
+    speed: float,
+    max_hold_s: float,
 ) -> tuple[list[tuple[int, float, float, float, float]], np.ndarray]:
-    """Visits (fixture, open onset, open duration, close onset, close duration) and person keyframes."""
-    script = [FIXTURE_NAMES.index(name) for name in ACTIVITIES[activity][1]]
+    """Visits (fixture, open onset, open duration, close onset, close duration) cycling through the `script` of
+    fixture indices, and person keyframes."""
     x, y = IDLE_SPOTS[int(rng.integers(len(IDLE_SPOTS)))]
     t, walked = 0.0, 0.0
     keyframes = [(0.0, x, y, 0.0)]
@@ -221,7 +227,7 @@ def _timeline(
         fixture = script[step % len(script)]
         idle = IDLE_SPOTS[int(rng.integers(len(IDLE_SPOTS)))] if rng.random() < 0.35 else None
         idle_s = rng.uniform(1.0, 3.5)
-        spot = (FIXTURES[fixture].spot + rng.normal(0.0, 0.015), VISIT_FEET_Y)
+        spot = (fixtures[fixture].spot + rng.normal(0.0, 0.015), VISIT_FEET_Y)
         approach = rng.uniform(0.3, 0.8)  # the arm reaches out during the last REACH_RAMP_S of it
         open_dur = ACTION_SECONDS / speed * rng.uniform(0.85, 1.15)
         hold = rng.uniform(MIN_HOLD_S, max(max_hold_s, MIN_HOLD_S)) / speed
@@ -314,9 +320,9 @@ def fixture_moves(rec: SceneRecording) -> list[Move]:
     return moves  # visits never overlap, so this is onset order
 
 
-def fixture_extents(rec: SceneRecording, times: np.ndarray) -> np.ndarray:
-    """[len(times), F] opening extent of every fixture."""
-    out = np.zeros((len(times), NUM_FIXTURES))
+def fixture_extents(rec: SceneRecording, times: np.ndarray, fixtures: int = NUM_FIXTURES) -> np.ndarray:
+    """[len(times), F] opening extent of every one of the kitchen's F `fixtures` (the default kitchen's 7)."""
+    out = np.zeros((len(times), fixtures))
     if not times.size:
         return out
     first, last = times.min(), times.max()
@@ -337,44 +343,47 @@ def fixture_extents(rec: SceneRecording, times: np.ndarray) -> np.ndarray:
 def synthesize_sensor(
     rec: SceneRecording,
     knobs: Knobs,
+    layout: KitchenLayout,
     rng: np.random.Generator,
     nan_rng: np.random.Generator,
     node_rng: np.random.Generator,
 ) -> np.ndarray:
     """The raw [C, N] stream: reed levels, fixture accelerations with cross-talk, footsteps, baseline wander,
     noise, NaN. `node_rng` draws the per-node faults (baseline wander, reed dropout)."""
-    layout = channel_layout()
+    channels = layout.channels()
     n = int(round(rec.duration * SENSOR_RATE_HZ))
     t = np.arange(n) / SENSOR_RATE_HZ
-    sig = np.zeros((len(layout.names), n))
-    axes = np.array([f.axis for f in FIXTURES])
+    sig = np.zeros((len(channels.names), n))
+    axes = np.array([f.axis for f in layout.fixtures])
     axes /= np.linalg.norm(axes, axis=1, keepdims=True)
-    cross = crosstalk_weights()
-    for f, fx in enumerate(FIXTURES):
-        sig[layout.accel[f]] += np.asarray(fx.gravity)[:, None]
-    extents = fixture_extents(rec, t)
-    for f, chans in layout.reed.items():
+    cross = layout.crosstalk()
+    accel = channels.accel  # the fixtures with an accelerometer: only they feel motion
+    for f, chans in accel.items():
+        sig[chans] += np.asarray(layout.fixtures[f].gravity)[:, None]
+    extents = fixture_extents(rec, t, len(layout.fixtures))
+    for f, chans in channels.reed.items():
         for j, threshold in enumerate(REED_THRESHOLDS[len(chans)]):
             sig[chans[j]] = (extents[:, f] > threshold).astype(np.float64)
 
     for m in fixture_moves(rec):  # acceleration scales with the distance moved
         strength = rec.amplitude * abs(m.end - m.start) * rng.uniform(0.85, 1.15)
-        accel = strength * template_accel(m.kind, (t - m.onset) / m.duration)
-        sig[layout.accel[m.fixture]] += axes[m.fixture][:, None] * accel
-        for g in range(NUM_FIXTURES):  # neighbours feel it along their own axes
+        motion = strength * template_accel(m.kind, (t - m.onset) / m.duration)
+        if m.fixture in accel:
+            sig[accel[m.fixture]] += axes[m.fixture][:, None] * motion
+        for g, chans in accel.items():  # neighbours feel it along their own axes
             if g != m.fixture and knobs.crosstalk_gain * cross[m.fixture, g] > 1e-4:
-                sig[layout.accel[g]] += knobs.crosstalk_gain * cross[m.fixture, g] * axes[g][:, None] * accel
-    _add_footsteps(sig, rec, t, knobs.walking_vibration_gain, layout.accel, rng)
-    for chans in layout.accel.values():  # drawn even at gain 0: the dropouts below keep their draws
+                sig[chans] += knobs.crosstalk_gain * cross[m.fixture, g] * axes[g][:, None] * motion
+    _add_footsteps(sig, rec, t, knobs.walking_vibration_gain, layout.fixtures, accel, rng)
+    for chans in accel.values():  # drawn even at gain 0: the dropouts below keep their draws
         sig[chans] += knobs.baseline_wander_gain * _wander(t, len(chans), node_rng)
     sig += knobs.sensor_noise_std * rng.standard_normal(sig.shape)
-    for group in layout.groups:  # packet loss drops a whole sensor node at once
+    for group in channels.groups:  # packet loss drops a whole sensor node at once
         for _ in range(nan_rng.poisson(knobs.nan_burst_rate * rec.duration / 60.0)):
             start = nan_rng.uniform(0.0, rec.duration)
             length = nan_rng.uniform(0.3, 3.0)
             i0, i1 = int(start * SENSOR_RATE_HZ), int((start + length) * SENSOR_RATE_HZ) + 1
             sig[np.ix_(group, np.arange(i0, min(i1, n)))] = np.nan
-    for chans in layout.reed.values():  # a reed node with a flat battery sends nothing all recording
+    for chans in channels.reed.values():  # a reed node with a flat battery sends nothing all recording
         if node_rng.random() < knobs.reed_dropout_prob:
             sig[chans] = np.nan
     return sig.astype(np.float32)
@@ -393,6 +402,7 @@ def _add_footsteps(
     rec: SceneRecording,
     t: np.ndarray,
     gain: float,
+    fixtures: tuple[Fixture, ...],
     accel: dict[int, np.ndarray],
     rng: np.random.Generator,
 ) -> None:
@@ -405,7 +415,7 @@ def _add_footsteps(
     vibration = np.convolve(impulses, ringing)[: len(t)]
     person_x = np.interp(t, rec.kf_t, rec.kf_x)
     for f, chans in accel.items():
-        centre = (FIXTURES[f].rect[0] + FIXTURES[f].rect[2]) / 2
+        centre = (fixtures[f].rect[0] + fixtures[f].rect[2]) / 2
         nearness = 1.0 / (1.0 + ((person_x - centre) / 0.25) ** 2)
         projection = rng.uniform(0.5, 1.0, 3) * rng.choice([-1.0, 1.0], 3)
         sig[chans] += gain * projection[:, None] * (nearness * vibration)[None]
@@ -429,9 +439,14 @@ class FrameStates:
 
 
 def frame_states(
-    rec: SceneRecording, video_times: np.ndarray, flicker_amplitude: float, jitter_px: float
+    rec: SceneRecording,
+    video_times: np.ndarray,
+    flicker_amplitude: float,
+    jitter_px: float,
+    fixtures: int = NUM_FIXTURES,
 ) -> FrameStates:
-    """Scene state at times on the video clock (already offset); times past either end clamp."""
+    """Scene state at times on the video clock (already offset) in a kitchen of `fixtures` fixtures (the default
+    kitchen's 7); times past either end clamp."""
     t = np.clip(np.asarray(video_times, np.float64), 0.0, rec.duration)
     walked = np.interp(t, rec.kf_t, rec.kf_s)
     dt = 0.02
@@ -474,7 +489,7 @@ def frame_states(
         reach_fixture=reach_fixture,
         lean=lean,
         rummage=rummage,
-        extent=fixture_extents(rec, t),
+        extent=fixture_extents(rec, t, fixtures),
         flicker=flicker,
         jitter=jitter,
     )
