@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 from pydantic import Field, PositiveInt
 
 from detach_framework.contracts import EmbeddingSet, EvalContext, EvalResult, WindowProbeEvaluator
 from detach_framework.evaluation import (
     accuracy,
-    confusion_matrix,
     macro_map,
     per_class_rows,
-    plot_confusion_matrix,
     weighted_f1,
 )
 from detach_framework.evaluation.probe import LinearClassifier
 from detach_framework.registry import MAX_BATCH_SIZE, MAX_EPOCHS
 
-from .probe_fit import MAX_PROBE_LR, MAX_PROBE_WEIGHT_DECAY, ProbeFitParams
+from .probe_fit import MAX_PROBE_LR, MAX_PROBE_WEIGHT_DECAY, ProbeFitParams, write_confusion_png
 
 CONFUSION_PNG = "confusion_matrix.png"
 
@@ -55,12 +51,7 @@ class LinearProbeEvaluator(WindowProbeEvaluator):
             "macro_map": macro_map(y_true, probs),
             "accuracy": accuracy(y_true, y_pred),
         }
-        out_dir = Path(ctx.out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        png = plot_confusion_matrix(
-            confusion_matrix(y_true, y_pred, len(names)),
-            names,
-            out_dir / CONFUSION_PNG,
-            title="Linear probe confusion matrix (test)",
+        png = write_confusion_png(
+            y_true, y_pred, names, ctx.out_dir, CONFUSION_PNG, "Linear probe confusion matrix (test)"
         )
         return EvalResult(metrics=metrics, tables={"per_class": per_class_rows(y_true, y_pred, names)}, plots=[png])

@@ -1,12 +1,13 @@
-"""What the probe-based evaluators share: fitting the linear probe from their params."""
+"""What the probe-based evaluators share: fitting the linear probe from their params, drawing its confusion matrix."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from detach_framework.evaluation import linear_probe
+from detach_framework.evaluation import confusion_matrix, linear_probe, plot_confusion_matrix
 from detach_framework.evaluation.probe import LinearClassifier, fit_linear_probe
 from detach_framework.registry import ComponentParams
 
@@ -38,3 +39,12 @@ class ProbeFitParams(ComponentParams):
             "standardize": self.standardize,
             "seed": seed,
         }
+
+
+def write_confusion_png(
+    y_true: np.ndarray, y_pred: np.ndarray, names: list[str], out_dir: str | Path, file: str, title: str
+) -> Path:
+    """The probe's confusion matrix as out_dir/file (the folder made if missing)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return plot_confusion_matrix(confusion_matrix(y_true, y_pred, len(names)), names, out_dir / file, title=title)

@@ -3,7 +3,6 @@ represented by the mean of its window features and the probe classifies recordin
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -13,15 +12,13 @@ from detach_framework.contracts import EmbeddingSet, EvalContext, EvalResult
 from detach_framework.errors import UserError
 from detach_framework.evaluation import (
     accuracy,
-    confusion_matrix,
     macro_map,
     per_class_rows,
-    plot_confusion_matrix,
     weighted_f1,
 )
 from detach_framework.registry import MAX_BATCH_SIZE, MAX_EPOCHS
 
-from .probe_fit import MAX_PROBE_LR, MAX_PROBE_WEIGHT_DECAY, ProbeFitParams
+from .probe_fit import MAX_PROBE_LR, MAX_PROBE_WEIGHT_DECAY, ProbeFitParams, write_confusion_png
 
 CONFUSION_PNG = "recording_confusion_matrix.png"
 
@@ -83,13 +80,8 @@ class RecordingProbeEvaluator:
             "recording_macro_map": macro_map(yte, probs),
             "recording_count": float(len(yte)),
         }
-        out_dir = Path(ctx.out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        png = plot_confusion_matrix(
-            confusion_matrix(yte, pred, len(names)),
-            names,
-            out_dir / CONFUSION_PNG,
-            title="Recording-level probe confusion matrix (test)",
+        png = write_confusion_png(
+            yte, pred, names, ctx.out_dir, CONFUSION_PNG, "Recording-level probe confusion matrix (test)"
         )
         return EvalResult(
             metrics=metrics, tables={"per_class_recording": per_class_rows(yte, pred, names)}, plots=[png]
