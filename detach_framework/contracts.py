@@ -102,12 +102,6 @@ class SensorLayout:
         channels = {name: np.flatnonzero(owners == f).tolist() for f, name in enumerate(fixture_names)}
         return cls(fixture_channels={name: found for name, found in channels.items() if found}, **fields)
 
-    def step_seconds(self, length: int) -> float | None:
-        """Seconds between two of a window's `length` steps; None when a window holds one raw sample."""
-        if self.window_samples < 2 or length < 2:
-            return None
-        return (self.window_samples - 1) / (self.rate_hz * (length - 1))
-
     def problem(self, channels: int) -> str | None:
         """What is wrong with this layout for a source of `channels` channels, or None."""
         for name, found in self.fixture_channels.items():
@@ -129,6 +123,19 @@ class SensorLayoutSource(Protocol):
     Built in: the synthetic kitchen, and every WindowedSource (opportunity, opportunity_pp, hwu_usp)."""
 
     def sensor_layout(self) -> SensorLayout: ...
+
+
+@runtime_checkable
+class ShiftedSensorSource(Protocol):
+    """Optional extension of a DatasetSource: `shifted_sensor_windows(split, offset_s) -> [N, C, L] float32`, the
+    split's windows (row i is row i of `split(split)`) with the sensor stream read `offset_s` seconds later on its
+    recording (earlier when negative) against the same video and labels, and preprocessed as the split's windows
+    are (the train split's statistics). A window the shift would carry past either end of its recording reads the
+    recording's first or last window instead. It lets the robustness evaluator's offset condition read real data
+    where a shift within the window would leave steps without any. Built in: the synthetic kitchen, and every
+    WindowedSource."""
+
+    def shifted_sensor_windows(self, split: str, offset_s: float) -> np.ndarray: ...
 
 
 class VideoBackboneParams(ComponentParams):
@@ -375,12 +382,15 @@ class EvalWindows:
             device, precision and batch size)
     layout: the dataset's SensorLayout; None when its source is no SensorLayoutSource
     dataset: the dataset's name, for messages
+    shifted(offset_s) -> [N, C, L] float32: the same windows with the sensor stream read offset_s seconds later on
+            the recordings (ShiftedSensorSource); None when the source cannot re-read its recordings
     """
 
     sensor: np.ndarray
     embed: Callable[[np.ndarray], np.ndarray]
     layout: SensorLayout | None = None
     dataset: str = ""
+    shifted: Callable[[float], np.ndarray] | None = None
 
 
 @dataclass

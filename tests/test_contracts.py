@@ -31,6 +31,7 @@ from detach_framework.contracts import (
     SensorEncoder,
     SensorLayout,
     SensorLayoutSource,
+    ShiftedSensorSource,
     VideoBackbone,
     VideoHead,
     ViewLoss,
@@ -98,6 +99,12 @@ def test_dataset_contract(component, tmp_path: Path):
         layout = source.sensor_layout()
         assert isinstance(layout, SensorLayout) and layout.problem(len(source.channel_names)) is None
         assert set(layout.fixture_channels) <= set(source.fixture_names)
+    if isinstance(source, ShiftedSensorSource):  # optional: the robustness evaluator's offset reads these
+        test = source.split("test")
+        here = np.stack([test[i]["sensor"].numpy() for i in range(len(test))])
+        assert np.array_equal(source.shifted_sensor_windows("test", 0.0), here)  # 0 s: the split's own windows
+        later = source.shifted_sensor_windows("test", 0.5)
+        assert later.dtype == np.float32 and later.shape == here.shape and np.isfinite(later).all()
     assert isinstance(source, DatasetSource)
     if isinstance(source, PreprocessingStateSource):  # optional: written to the run directory as JSON
         state = source.preprocessing_state()

@@ -1,5 +1,6 @@
-"""The robustness evaluator: its perturbations on arrays (silence, clock offset, noise) against hand computations,
-the kitchen's sensor layout, bad params as one-line errors, and `detach eval` adding it to a trained tiny run
+"""The robustness evaluator: its perturbations on arrays (silence, noise) against hand computations, the datasets'
+shifted reads (clock offset) against their own later windows, the kitchen's sensor layout, bad params as one-line
+errors, and `detach eval` adding it to a trained tiny run
 whose clean row is the run's linear probe."""
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from detach_plugins.evaluators.robustness import (
     add_noise,
     plan_conditions,
     report_sections,
-    shift_windows,
     silence_channels,
     unit_noise,
 )
@@ -50,8 +50,19 @@ def layout(**changes) -> SensorLayout:
     return SensorLayout(**{**fields, **changes})
 
 
-def eval_windows(x: np.ndarray, sensor_layout: SensorLayout | None) -> EvalWindows:
-    return EvalWindows(x, embed=lambda w: w.reshape(len(w), -1), layout=sensor_layout, dataset="toy")
+def eval_windows(x: np.ndarray, sensor_layout: SensorLayout | None, shifted=None) -> EvalWindows:
+    return EvalWindows(x, lambda w: w.reshape(len(w), -1), sensor_layout, "toy", shifted)
+
+
+def toy_shift(x: np.ndarray):
+    """A stand-in for a source's shifted read: the windows plus the offset, and the offsets it was asked for."""
+    asked: list[float] = []
+
+    def shifted(offset_s: float) -> np.ndarray:
+        asked.append(offset_s)
+        return x + np.float32(offset_s)
+
+    return shifted, asked
 
 
 # ---- the perturbations on arrays -------------------------------------------------------------------------------
@@ -70,29 +81,41 @@ def test_silencing_a_fixture_changes_only_its_channels():
     assert np.flatnonzero((door.apply(x) != x).any(axis=(0, 2))).tolist() == [3]
 
 
-def test_the_offset_shifts_the_sensor_stream_by_its_steps():
-    x = np.broadcast_to(np.arange(20, dtype=np.float32), (2, 3, 20)).copy() + 1.0
-    later = shift_windows(x, 4)
-    assert np.array_equal(later[..., :16], x[..., 4:])
-    assert (later[..., 16:] == x[..., -1:]).all()  # the steps without data hold the edge (the NaN policy)
-    earlier = shift_windows(x, -3)
-    assert np.array_equal(earlier[..., 3:], x[..., :17])
-    assert (earlier[..., :3] == x[..., :1]).all()
-    assert (shift_windows(x, 11) == 0).all()  # more than half the window missing: the NaN policy's dead channel
-    with pytest.raises(ValueError, match="shorter than the window"):
-        shift_windows(x, 20)
-    # 20 raw samples at 10 Hz in 20 steps: a step is 0.1 s, so 0.5 s is 5 steps
+def test_the_offset_reads_the_shifted_windows_from_the_source():
+    x = windows()
+    shifted, asked = toy_shift(x)
     params = RobustnessParams(conditions=["offset"], offsets_s=[0.5, -0.2])
-    plan = plan_conditions(params, eval_windows(x, layout()), 0)
+    plan = plan_conditions(params, eval_windows(x, layout(), shifted), 0)  # 10 Hz: 0.5 s is 5 raw samples
     assert [c.name for c in plan] == ["offset_+0.5s", "offset_-0.2s"]
-    assert np.array_equal(plan[0].apply(x), shift_windows(x, 5))
-    assert np.array_equal(plan[1].apply(x), shift_windows(x, -2))
-    # the kitchen's defaults: 2 s = 60 raw samples resampled to 128 steps of 59 / (30 * 127) s each
-    kitchen = layout(rate_hz=30.0, window_samples=60)
-    assert kitchen.step_seconds(128) == pytest.approx(59 / (30 * 127))
-    y = np.ones((1, 5, 128), np.float32)
-    plan = plan_conditions(RobustnessParams(conditions=["offset"], offsets_s=[1.0]), eval_windows(y, kitchen), 0)
-    assert "+65 of 128 steps" in plan[0].perturbation  # round(1 / 0.015486) = 65
+    assert "+5 raw samples" in plan[0].perturbation and "-2 raw samples" in plan[1].perturbation
+    assert asked == []  # nothing is read until a condition is scored
+    assert np.array_equal(plan[0].apply(x), x + np.float32(0.5)) and asked == [0.5]
+    (skipped,) = plan_conditions(params, eval_windows(x, layout()), 0)
+    assert skipped.name == "offset" and "cannot read its recordings shifted" in skipped.skipped
+
+
+def test_the_kitchen_reads_a_window_shifted_by_one_stride_as_the_next_window(host):
+    """At the kitchen's 1 s stride (30 raw samples), window i read 1 s later is window i + 1 of its recording, bit for
+    bit after the z-score; the last window of a recording stays inside it. Offset 0 is the split itself."""
+    from detach_framework.contracts import ShiftedSensorSource
+    from detach_framework.engine.session import build_source
+
+    source = build_source(load_spec(tiny_spec(), host.registry), host)
+    assert isinstance(source, ShiftedSensorSource)
+    split = source.split("test")
+    assert np.array_equal(source.shifted_sensor_windows("test", 0.0), split.sensor)
+    later = source.shifted_sensor_windows("test", 1.0)
+    assert later.shape == split.sensor.shape and later.dtype == np.float32
+    successor = (split.recording[:-1] == split.recording[1:]) & np.isclose(np.diff(split.start_seconds), 1.0)
+    assert successor.sum() == len(split) - len(np.unique(split.recording))
+    assert np.array_equal(later[:-1][successor], split.sensor[1:][successor])
+    assert not np.array_equal(later, split.sensor)
+    earlier = source.shifted_sensor_windows("test", -1.0)
+    assert np.array_equal(earlier[1:][successor], split.sensor[:-1][successor])
+    first = np.flatnonzero(np.append(True, ~successor))  # each recording's first window has nothing before it
+    assert np.array_equal(earlier[first], split.sensor[first])
+    with pytest.raises(UserError, match="unknown split 'dev'"):
+        source.shifted_sensor_windows("dev", 1.0)
 
 
 def test_the_noise_is_deterministic_and_has_the_stated_std():
@@ -143,8 +166,16 @@ def test_recorded_datasets_declare_their_fixtures_but_not_their_noise(registry, 
     for name_, channels in found.fixture_channels.items():
         assert all(source.channel_fixture[c] == source.fixture_names.index(name_) for c in channels)
     assert found.noise_std is None and found.clock_offset_s is None
+    split = source.split("train")
+    table, step = split.table, round(source.data.stride_seconds * source.recordings[0].rate_hz)
+    stride_s = step / source.recordings[0].rate_hz
+    later = source.shifted_sensor_windows("train", stride_s)
+    successor = (table.recording[:-1] == table.recording[1:]) & (np.diff(table.start) == step)
+    assert successor.any()
+    for i in np.flatnonzero(successor):
+        np.testing.assert_array_equal(later[i], split.sensor(i + 1))
     sensor = np.ones((2, len(source.channel_names), 24), np.float32)
-    plan = plan_conditions(RobustnessParams(), eval_windows(sensor, found), 0)
+    plan = plan_conditions(RobustnessParams(), eval_windows(sensor, found, toy_shift(sensor)[0]), 0)
     silenced = [c.name for c in plan if c.name.startswith("silence_")]
     assert silenced == [f"silence_{f}" for f in found.fixture_channels]
     assert [c.name for c in plan if c.name.startswith("offset_")] == ["offset_+0.5s", "offset_+1s"]
@@ -171,7 +202,8 @@ def test_conditions_a_dataset_cannot_support_are_skipped_with_the_reason(tmp_pat
     )
     undeclared = plan_conditions(params, eval_windows(x, None), 0)
     assert all("declares no sensor layout" in c.skipped for c in undeclared)
-    recorded = plan_conditions(params, eval_windows(x, layout(fixture_channels={}, noise_std=None)), 0)
+    recorded_layout = layout(fixture_channels={}, noise_std=None)
+    recorded = plan_conditions(params, eval_windows(x, recorded_layout, toy_shift(x)[0]), 0)
     reasons = {c.name: c.skipped for c in recorded if c.skipped}
     assert set(reasons) == {"silence", "noise"}
     assert "which channels each fixture" in reasons["silence"] and "training noise level" in reasons["noise"]
@@ -189,7 +221,7 @@ def test_every_condition_scores_through_the_embedding_it_is_given(tmp_path):
     x = windows(n=12)
     train, test = embeddings(30, 0), embeddings(12, 1)
     test.probe = x.reshape(12, -1)  # what eval_windows' embed gives for the clean windows
-    ctx = EvalContext(["a", "b", "c"], tmp_path, seed=0, windows=eval_windows(x, layout()))
+    ctx = EvalContext(["a", "b", "c"], tmp_path, seed=0, windows=eval_windows(x, layout(), toy_shift(x)[0]))
     result = RobustnessEvaluator(RobustnessParams(epochs=2)).evaluate(train, test, ctx)
     names = [r["condition"] for r in result.tables[TABLE]]
     expected = ["clean", "silence_fridge", "silence_door1", "offset_+0.5s", "offset_+1s", "noise_x2", "noise_x4"]
@@ -220,13 +252,12 @@ def test_bad_params_are_one_line_errors_naming_the_field(registry, params, field
     assert len(message.splitlines()) == 1 and field in message, message
 
 
-def test_an_offset_not_shorter_than_the_window_is_refused_naming_the_field():
-    x = windows()  # 20 raw samples at 10 Hz: a 2 s window
-    for offset in (2.0, -3.5):
-        with pytest.raises(UserError, match=r"^robustness.offsets_s: -?[0-9.]+ s is not shorter than the 2 s window"):
-            plan_conditions(RobustnessParams(offsets_s=[offset]), eval_windows(x, layout()), 0)
-    with pytest.raises(UserError, match="less than half a window step"):
-        plan_conditions(RobustnessParams(offsets_s=[0.01]), eval_windows(x, layout()), 0)
+def test_an_offset_below_half_a_raw_sample_is_refused_naming_the_field():
+    x = windows()  # raw samples at 10 Hz: 0.1 s apart
+    with pytest.raises(UserError, match=r"^robustness.offsets_s: 0.04 s is less than half a raw sample \(0.1 s"):
+        plan_conditions(RobustnessParams(offsets_s=[0.04]), eval_windows(x, layout(), toy_shift(x)[0]), 0)
+    longer = plan_conditions(RobustnessParams(offsets_s=[-3.5]), eval_windows(x, layout(), toy_shift(x)[0]), 0)
+    assert [c.name for c in longer if c.name.startswith("offset")] == ["offset_-3.5s"]  # past the 2 s window: read
 
 
 # ---- on a trained run, through detach eval ---------------------------------------------------------------------
@@ -276,16 +307,17 @@ def test_the_sensor_side_alone_reproduces_the_probe_features(trained, host):
     load_evaluated_checkpoint(session, run)
     test, sensor = embed_split_windows(session, "test", keep_windows=True)
     assert sensor.shape == (len(test.labels), len(session.source.channel_names), 32)
-    given = eval_windows(session, sensor)
+    given = eval_windows(session, "test", sensor)
     assert np.array_equal(given.embed(sensor), test.probe)
+    assert np.array_equal(given.shifted(0.0), sensor)  # the source's shifted read is the split's own at 0 s
     assert given.layout.fixture_channels and given.dataset == "synthetic_kitchen"
 
 
-def test_an_offset_longer_than_the_window_fails_detach_eval_in_one_line(trained, capsys):
+def test_an_offset_below_half_a_raw_sample_fails_detach_eval_in_one_line(trained, capsys):
     capsys.readouterr()
-    assert main(["eval", str(trained), "eval.evaluators=[{name: robustness, offsets_s: [3.0]}]"]) == 2
+    assert main(["eval", str(trained), "eval.evaluators=[{name: robustness, offsets_s: [0.01]}]"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "robustness.offsets_s: 3 s is not shorter than the 2 s window" in err, err
+    assert len(err.splitlines()) == 1 and "robustness.offsets_s: 0.01 s is less than half a raw sample" in err, err
 
 
 def test_detach_report_shows_the_robustness_of_a_re_evaluation(trained, capsys, registry):

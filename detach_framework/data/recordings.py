@@ -26,7 +26,7 @@ from detach_framework.errors import UserError
 
 LABEL_MIN_COVERAGE = 0.5  # a window takes an action's label when it covers half of it (or half the window)
 _LABEL_CHUNK = 1 << 20  # window x action overlaps held at once by labelling_actions
-_FIT_CHUNK = 256  # windows per chunk when fitting the z-score
+_WINDOW_CHUNK = 256  # raw windows preprocessed at once (fitting the z-score, shifted reads)
 
 
 class DataSkipWarning(UserWarning):
@@ -151,7 +151,7 @@ class WindowedSource:
         if self.pipeline.needs_fit:
             train = tables["train"]
             self.pipeline.fit(
-                lambda: (self._raw(train, rows) for rows in chunked(np.arange(len(train.start)), _FIT_CHUNK))
+                lambda: (self._raw(train, rows) for rows in chunked(np.arange(len(train.start)), _WINDOW_CHUNK))
             )
         self._splits = {s: WindowedSplit(self, s, tables[s]) for s in SPLITS}
 
@@ -170,6 +170,15 @@ class WindowedSource:
         if state.get("channels") != self.channel_names:
             raise UserError(f"{source}: stored statistics are for other channels than this dataset's")
         self.pipeline.load_state(state, source)
+
+    def shifted_sensor_windows(self, split: str, offset_s: float) -> np.ndarray:
+        """contracts.ShiftedSensorSource (the robustness evaluator's offset): the split's windows read offset_s
+        later on their recordings, through the fitted preprocessing."""
+        table = self.split(split).table
+        rows = np.arange(len(table.start))
+        parts = [self.pipeline(self._raw(table, chunk, offset_s)) for chunk in chunked(rows, _WINDOW_CHUNK)]
+        channels = len(self.channel_names)
+        return np.concatenate(parts) if parts else np.zeros((0, channels, self.data.sensor_length), np.float32)
 
     def sensor_layout(self) -> SensorLayout:
         """Each fixture's channels as the reader assigned them (`channel_fixture`); recorded data says nothing of
@@ -264,13 +273,15 @@ class WindowedSource:
         offsets = uniform_frame_times(0.0, self.data.window_seconds, self.data.frames)
         return sensor_start[:, None] + offsets[None, :] + rec.video_offset_s
 
-    def _raw(self, table: WindowTable, rows: np.ndarray) -> np.ndarray:
-        """Raw sensor windows [len(rows), C, n] (NaN kept) of the given table rows."""
+    def _raw(self, table: WindowTable, rows: np.ndarray, shift_s: float = 0.0) -> np.ndarray:
+        """Raw sensor windows [len(rows), C, n] (NaN kept) of the given table rows; with `shift_s`, each read that
+        many seconds later on its recording (rounded to a sample, kept within the recording)."""
         out = []
         for i in rows:
             rec = self.recordings[table.recording[i]]
             n = self.window_length(rec)
-            out.append(rec.stream[:, table.start[i] : table.start[i] + n])
+            first = int(np.clip(table.start[i] + round(shift_s * rec.rate_hz), 0, rec.stream.shape[1] - n))
+            out.append(rec.stream[:, first : first + n])
         return np.stack(out).astype(np.float64)
 
     def video(self, r: int, start: int) -> np.ndarray:

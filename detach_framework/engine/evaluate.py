@@ -11,7 +11,13 @@ import torch
 import yaml
 
 from detach_framework.atomic import atomic_write_json, atomic_write_text
-from detach_framework.contracts import EmbeddingSet, EvalContext, EvalWindows, SensorLayoutSource
+from detach_framework.contracts import (
+    EmbeddingSet,
+    EvalContext,
+    EvalWindows,
+    SensorLayoutSource,
+    ShiftedSensorSource,
+)
 from detach_framework.data.transforms import load_preprocessing
 from detach_framework.engine.checkpoint import BEST, LAST, load_checkpoint
 from detach_framework.engine.rundir import EVAL_SPEC_FILE, SUMMARY_FILE, RunDirectory
@@ -68,16 +74,29 @@ def embed_sensor_windows(session: Session, sensor: np.ndarray) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def eval_windows(session: Session, sensor: np.ndarray) -> EvalWindows:
+def eval_windows(session: Session, split: str, sensor: np.ndarray) -> EvalWindows:
     """What evaluators that perturb the eval split's windows get: the windows, the sensor side, the dataset's layout
-    (checked here, so that a plugin's bad layout is named as the dataset's fault)."""
+    (checked here, so that a plugin's bad layout is named as the dataset's fault) and, where the source can re-read
+    its recordings, the split's windows shifted in time (checked to match `sensor` in shape)."""
     source, name = session.source, session.spec.data.dataset.name
     layout = source.sensor_layout() if isinstance(source, SensorLayoutSource) else None
     if layout is not None:
         problem = layout.problem(len(source.channel_names))
         if problem:
             raise PluginError(f"dataset '{name}' returned a bad sensor_layout(): {problem}")
-    return EvalWindows(sensor, lambda windows: embed_sensor_windows(session, windows), layout, name)
+    shifted = None
+    if isinstance(source, ShiftedSensorSource):
+
+        def shifted(offset_s: float) -> np.ndarray:
+            windows = np.asarray(source.shifted_sensor_windows(split, offset_s), np.float32)
+            if windows.shape != sensor.shape:
+                raise PluginError(
+                    f"dataset '{name}' returned shifted_sensor_windows of shape {list(windows.shape)} for the "
+                    f"{split} split, expected {list(sensor.shape)} (its windows)"
+                )
+            return windows
+
+    return EvalWindows(sensor, lambda windows: embed_sensor_windows(session, windows), layout, name, shifted)
 
 
 def evaluated_checkpoint_path(spec: Experiment, run: RunDirectory) -> Path:
@@ -127,7 +146,7 @@ def evaluate_run(session: Session, run: RunDirectory, out_dir: Path | None = Non
         class_names=list(session.source.class_names),
         out_dir=plots_dir,
         seed=spec.seed,
-        windows=eval_windows(session, test_windows),
+        windows=eval_windows(session, spec.eval.split, test_windows),
     )
     metrics: dict[str, float] = {}
     tables: dict[str, Any] = {}

@@ -4,18 +4,18 @@ train features, same seed) scores the eval split's windows again under perturbed
 Every perturbation changes the windows the model embedded, i.e. after the dataset's preprocessing (in the kitchen:
 NaN policy, resampling to data.sensor_length, z-score with the train split's statistics), and the run's sensor side
 embeds them again; video and labels stay as they are. What a perturbation needs to know of the dataset (which
-channels each fixture carries, the training noise level, the window's sample rate) comes from its
-`contracts.SensorLayoutSource.sensor_layout()`; a condition the dataset cannot support is skipped with the reason
-in the table, never an error.
+channels each fixture carries, the training noise level, the sample rate) comes from its
+`contracts.SensorLayoutSource.sensor_layout()`, the shifted windows from `contracts.ShiftedSensorSource`; a
+condition the dataset cannot support is skipped with the reason in the table, never an error.
 
   clean          the windows as they are (the first row: it equals the linear_probe evaluator's numbers)
   silence_<f>    fixture f's channels read 0: what the framework's NaN policy leaves of a sensor node that sent
                  nothing (after the z-score, a dead channel is zeroed: "no information", not the train mean's
                  raw value or a resting level)
-  offset_<+d>s   the sensor stream shifted d seconds against video and labels: window step j reads the step that
-                 is d seconds later (d < 0: earlier), shifted by round(d / step) steps within the window; the steps
-                 the shift leaves without data are filled as the NaN policy fills missing samples (the edge value
-                 held; a channel missing more than half its window reads 0)
+  offset_<+d>s   the sensor stream shifted d seconds against video and labels: each window's sensor samples are
+                 read again from its recording d seconds later (d < 0: earlier; rounded to a raw sample) and
+                 preprocessed as before (`contracts.ShiftedSensorSource`), so a shift of any length reads real
+                 data (a window the shift would carry past its recording's end reads the last window there)
   noise_x<k>     sensor noise at k times the training level: noise of std sqrt(k^2 - 1) * sigma_c is added at the
                  raw rate and resampled linearly to the window's steps like the training noise, so the windows
                  hold noise of std k * sigma_c per raw sample (sigma_c: the dataset's training noise of channel c in
@@ -49,7 +49,7 @@ from matplotlib.figure import Figure
 from pydantic import Field, field_validator
 
 from detach_framework.contracts import EmbeddingSet, EvalContext, EvalResult, EvalWindows
-from detach_framework.data.transforms import resample_linear, resolve_nan
+from detach_framework.data.transforms import resample_linear
 from detach_framework.errors import UserError
 from detach_framework.evaluation import macro_map, save_figure_atomic, weighted_f1
 from detach_framework.report.page import Table
@@ -94,8 +94,8 @@ class RobustnessParams(LinearProbeParams):
         default_factory=lambda: [0.5, 1.0],
         min_length=1,
         max_length=16,
-        description="Sensor-stream shifts in seconds (non-zero, shorter than data.window_seconds; + is later). The "
-        "defaults are 2x and 4x the kitchen's largest training offset (0.25 s).",
+        description="Sensor-stream shifts in seconds (non-zero, at least half a raw sample; + is later), read "
+        "from the recordings. The defaults are 2x and 4x the kitchen's largest training offset (0.25 s).",
     )
     noise_factors: list[NoiseFactor] = Field(
         default_factory=lambda: [2.0, 4.0],
@@ -131,20 +131,6 @@ def silence_channels(windows: np.ndarray, channels: list[int]) -> np.ndarray:
     out = np.array(windows, copy=True)
     out[:, channels, :] = 0.0
     return out
-
-
-def shift_windows(windows: np.ndarray, steps: int) -> np.ndarray:
-    """A copy whose step j reads step j + `steps` of the same window (`steps` < 0: earlier); the steps left without
-    data are filled by the NaN policy (`resolve_nan`): edge value held, or 0 when more than half is missing."""
-    length = windows.shape[-1]
-    if not 0 < abs(steps) < length:
-        raise ValueError(f"a shift must be non-zero and shorter than the window's {length} steps, got {steps}")
-    shifted = np.full(windows.shape, np.nan)
-    if steps > 0:
-        shifted[..., : length - steps] = windows[..., steps:]
-    else:
-        shifted[..., -steps:] = windows[..., : length + steps]
-    return np.stack([resolve_nan(window)[0] for window in shifted]).astype(windows.dtype)
 
 
 def unit_noise(shape: tuple[int, int, int], raw_samples: int, seed: int) -> np.ndarray:
@@ -213,32 +199,24 @@ def _silence(params: RobustnessParams, windows: EvalWindows, seed: int) -> list[
 
 
 def _offset(params: RobustnessParams, windows: EvalWindows, seed: int) -> list[Condition]:
-    layout = windows.layout
-    length = windows.sensor.shape[-1]
-    step = layout.step_seconds(length)
-    if step is None:
-        reason = f"a window holds one raw sample of dataset '{windows.dataset}': there is nothing to shift"
+    layout, shifted = windows.layout, windows.shifted
+    if shifted is None:
+        reason = f"dataset '{windows.dataset}' cannot read its recordings shifted (contracts.ShiftedSensorSource)"
         return [Condition("offset", _KIND_TITLES["offset"], skipped=reason)]
-    window_s = layout.window_samples / layout.rate_hz
     trained = "" if layout.clock_offset_s is None else f"; training offsets up to ±{layout.clock_offset_s:g} s"
     plan = []
     for offset in params.offsets_s:
-        steps = round(offset / step)
-        if abs(offset) >= window_s or abs(steps) >= length:
+        samples = round(offset * layout.rate_hz)
+        if samples == 0:
             raise UserError(
-                f"robustness.offsets_s: {offset:g} s is not shorter than the {window_s:.4g} s window "
-                "(data.window_seconds); give shifts within the window"
-            )
-        if steps == 0:
-            raise UserError(
-                f"robustness.offsets_s: {offset:g} s is less than half a window step ({step:.4g} s) and would "
-                "shift nothing"
+                f"robustness.offsets_s: {offset:g} s is less than half a raw sample ({1 / layout.rate_hz:.4g} s at "
+                f"{layout.rate_hz:g} Hz) and would shift nothing"
             )
         plan.append(
             Condition(
                 f"offset_{offset:+g}s",
-                f"sensors {offset:+g} s against video ({steps:+d} of {length} steps{trained})",
-                lambda x, steps=steps: shift_windows(x, steps),
+                f"sensors {offset:+g} s against video ({samples:+d} raw samples, read from the recordings{trained})",
+                lambda _, offset=offset: shifted(offset),
             )
         )
     return plan

@@ -188,6 +188,14 @@ class SyntheticKitchen:
             clock_offset_s=self.knobs.max_clock_offset_s,
         )
 
+    def shifted_sensor_windows(self, split: str, offset_s: float) -> np.ndarray:
+        """contracts.ShiftedSensorSource (the robustness evaluator's offset): the split's windows read offset_s
+        later on the raw streams (rounded to a raw sample), z-scored with the train statistics."""
+        self.split(split)  # an unknown split name is the same one-line error as split() gives
+        table = self._windows(self.subject_splits[split])
+        raw = self._sensor_windows(table, int(round(offset_s * SENSOR_RATE_HZ)))
+        return apply_zscore(*raw, self.sensor_mean, self.sensor_std).astype(np.float32)
+
     def export(self, out_dir: Path) -> None:
         """Write the generated ground truth (readable back with params `root`)."""
         export_recordings(Path(out_dir), self.preset, self.seed, self.knobs, self.layout, self.recordings)
@@ -236,8 +244,9 @@ class SyntheticKitchen:
             activity=activity.astype(np.int64),
         )
 
-    def _sensor_windows(self, table: WindowTable) -> tuple[np.ndarray, np.ndarray]:
-        """NaN-resolved, resampled windows [N, C, L] (float64) and their dead-channel flags [N, C]."""
+    def _sensor_windows(self, table: WindowTable, shift_samples: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """NaN-resolved, resampled windows [N, C, L] (float64) and their dead-channel flags [N, C]; with
+        `shift_samples`, each read that many raw samples later (kept within its recording)."""
         n = max(int(round(self.data.window_seconds * SENSOR_RATE_HZ)), 1)
         length = self.data.sensor_length
         channels = len(self.channel_names)
@@ -246,7 +255,8 @@ class SyntheticKitchen:
         for r in np.unique(table.recording):
             rows = np.flatnonzero(table.recording == r)
             stream = self.recordings[r].sensor
-            k0 = np.minimum(np.rint(table.start[rows] * SENSOR_RATE_HZ).astype(np.int64), stream.shape[1] - n)
+            first = np.rint(table.start[rows] * SENSOR_RATE_HZ).astype(np.int64) + shift_samples
+            k0 = np.clip(first, 0, stream.shape[1] - n)
             raw = stream[:, k0[:, None] + np.arange(n)].transpose(1, 0, 2).astype(np.float64)  # [W, C, n]
             has_nan = np.isnan(raw).any(axis=(1, 2))
             for j in np.flatnonzero(has_nan):
