@@ -19,9 +19,10 @@ from detach_plugins.backbones import (
     SmallCnnBackbone,
     SmallCnnParams,
     TimmBackboneParams,
-    TimmVideoBackbone,
+    build_timm_backbone,
     detach_register_components,
 )
+from detach_plugins.backbones.timm_backbone import TimmVideoBackbone
 
 
 def _video(height: int = 32, width: int = 32, batch: int = 2, frames: int = 2) -> torch.Tensor:
@@ -155,6 +156,20 @@ def test_registration_through_hook() -> None:
     assert registry.get("video_backbone", "timm").params is TimmBackboneParams
     assert registry.get("video_backbone", "small_cnn").factory is SmallCnnBackbone
     assert registry.get("video_backbone", "small_cnn").description
+
+
+def test_registering_the_plugins_does_not_import_timm() -> None:
+    """timm pulls in torchvision and torch._dynamo (seconds per CLI call): only building a timm backbone imports it."""
+    code = (
+        "import sys; from detach_framework.plugins import load_plugins; registry = load_plugins().registry; "
+        "assert registry.get('video_backbone', 'timm') is not None; "
+        "assert not {'timm', 'torchvision'} & set(sys.modules), 'timm imported at registration'; "
+        "from detach_plugins.backbones import build_timm_backbone, TimmBackboneParams; "
+        "build_timm_backbone(TimmBackboneParams(model='test_vit')); assert 'timm' in sys.modules"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert isinstance(build_timm_backbone(TimmBackboneParams(model="test_vit")), TimmVideoBackbone)
 
 
 def test_importing_the_timm_plugin_leaves_the_environment_unchanged() -> None:

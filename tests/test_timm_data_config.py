@@ -8,8 +8,9 @@ import torch
 from timm.data import create_transform, resolve_model_data_config
 
 from detach_framework.errors import UserError
-from detach_plugins.backbones import TimmBackboneParams, TimmVideoBackbone
+from detach_plugins.backbones import TimmBackboneParams
 from detach_plugins.backbones import timm_backbone as timm_module
+from detach_plugins.backbones.timm_backbone import TimmVideoBackbone
 
 # test_convnext: bicubic, mean = std = 0.5 (not ImageNet's), crop_pct 0.95, input 160 x 160; it takes any size.
 MODEL = "test_convnext"

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+from torch import nn
+
 from detach_framework.plugins import hookimpl
 from detach_framework.registry import Register
 from detach_plugins.backbones.small_cnn import SmallCnnBackbone, SmallCnnParams
-from detach_plugins.backbones.timm_backbone import TimmBackboneParams, TimmVideoBackbone
+from detach_plugins.backbones.timm_params import TimmBackboneParams
 
 __all__ = [
     "SmallCnnBackbone",
     "SmallCnnParams",
     "TimmBackboneParams",
-    "TimmVideoBackbone",
+    "build_timm_backbone",
     "detach_register_components",
 ]
+
+
+def build_timm_backbone(params: TimmBackboneParams) -> nn.Module:
+    """The `timm` component's factory, importing timm only when a run builds one (see timm_params.py)."""
+    from detach_plugins.backbones.timm_backbone import TimmVideoBackbone
+
+    return TimmVideoBackbone(params)
 
 
 @hookimpl
@@ -21,7 +30,7 @@ def detach_register_components(register: Register) -> None:
     register(
         kind="video_backbone",
         name="timm",
-        factory=TimmVideoBackbone,
+        factory=build_timm_backbone,
         params=TimmBackboneParams,
         description="Any timm image model applied per frame (feature maps, ViT token grids or pooled "
         "vectors); weights only from a local file.",

@@ -17,13 +17,12 @@ from typing import Any
 
 import timm
 import torch
-from pydantic import Field
 from timm.data import DEFAULT_CROP_PCT, resolve_model_data_config
 from torch import nn
 from torchvision.transforms.v2.functional import InterpolationMode, center_crop, resize
 
-from detach_framework.contracts import VideoBackboneParams
 from detach_framework.errors import PluginError, UserError
+from detach_plugins.backbones.timm_params import TimmBackboneParams
 
 # timm reports checkpoint keys it could not place only through this logger (at INFO), never by raising.
 _TIMM_BUILDER_LOGGER = "timm.models._builder"
@@ -34,40 +33,6 @@ _TENSOR_INTERPOLATIONS = {
     "bicubic": InterpolationMode.BICUBIC,
     "nearest": InterpolationMode.NEAREST,
 }
-
-
-class TimmBackboneParams(VideoBackboneParams):
-    """Params of the `timm` video backbone."""
-
-    model: str = Field(default="resnet18", description="timm model name (see timm.list_models())")
-    pretrained: bool = Field(
-        default=False,
-        description="start from trained weights; they must come from `weights_file` (nothing is downloaded)",
-    )
-    weights_file: str | None = Field(
-        default=None,
-        description="local checkpoint (.pth/.bin/.safetensors) loaded through timm's pretrained path "
-        "(classifier dropped, position embeddings resized); setting it implies pretrained",
-    )
-    pool: bool = Field(
-        default=False,
-        description="return the model's pooled pre-logits vector per frame as 1x1 maps, not feature maps",
-    )
-    img_size: int | None = Field(
-        default=None,
-        gt=0,
-        le=4096,
-        description="input size for models built for a fixed size (ViTs); null keeps the model's default",
-    )
-    drop_path_rate: float = Field(
-        default=0.0, ge=0.0, lt=1.0, description="stochastic depth rate for models that support it"
-    )
-    resize: bool = Field(
-        default=False,
-        description="preprocess frames as timm does for this model (its data config): scale to input_size / "
-        "crop_pct with its interpolation keeping the aspect ratio (or as its crop_mode says), centre-crop to "
-        "input_size; false: frames reach the model at the data's frame size. Its mean/std apply either way",
-    )
 
 
 def _check_model_name(name: str) -> None:
