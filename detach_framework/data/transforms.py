@@ -18,7 +18,6 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import Field
-from scipy import signal
 
 from detach_framework.contracts import PreprocessingRestoreSource, PreprocessingStateSource
 from detach_framework.errors import UserError
@@ -65,6 +64,8 @@ def butter_lowpass(x: np.ndarray, order: int = 4, cutoff: float = 0.1, zero_phas
     Zero phase runs the filter forwards and backwards (scipy.signal.sosfiltfilt), which squares the
     magnitude response; second-order sections keep it stable at low cutoffs.
     """
+    from scipy import signal  # here, not at the top: importing it takes seconds that only filtering needs
+
     x = np.asarray(x, np.float64)
     n = x.shape[-1]
     sos = signal.butter(order, cutoff, btype="low", output="sos")
