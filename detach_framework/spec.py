@@ -169,7 +169,8 @@ class CacheSpec(StrictModel):
 
     In the run uid: `mode` and `features_dtype`, because features stored as float16 differ from recomputed
     float32 maps by float16 rounding, so a cached run's losses differ slightly (about 1e-3 relative) from an
-    uncached one. Not in it: `dir` (a location) and `frames` (uint8 frames are stored exactly).
+    uncached one. Not in it: `dir` (a location), `frames` (uint8 frames are stored exactly) and `build_workers`
+    (who renders a sample does not change it).
     """
 
     mode: Literal["auto", "off"] = Field(
@@ -185,6 +186,19 @@ class CacheSpec(StrictModel):
     features_dtype: Literal["float16", "float32"] = Field(
         "float16", description="Storage dtype of cached features (restored to float32 by the model)."
     )
+    build_workers: int | Literal["auto"] = Field(
+        "auto",
+        description="DataLoader worker processes rendering or decoding the samples while a cache is built (a "
+        "frozen backbone still runs in the main process). auto: data.num_workers when set, else the CPUs this "
+        "process may use, at most 4. The stored samples are the same for every value.",
+    )
+
+    @field_validator("build_workers")
+    @classmethod
+    def _workers_in_range(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 0 <= value <= 64:
+            raise ValueError(f"expected 0 to 64 worker processes or 'auto', got {value}")
+        return value
 
     @field_validator("mode", "frames", mode="before")
     @classmethod
@@ -226,7 +240,7 @@ UID_EXCLUDE: dict[str, Any] = {
     # sync_batchnorm and precision change results; the thread count at most the float rounding
     "runtime": {"device", "progress", "tensorboard", "log_every", "threads"},
     "data": {"num_workers"},
-    "cache": {"dir", "frames"},
+    "cache": {"dir", "frames", "build_workers"},
     # Evaluation reads the trained weights and never changes them, so `detach eval` and a study may vary it on
     # one trained run. `eval.checkpoint` only picks which checkpoint is read: training writes best.pt and last.pt
     # either way.

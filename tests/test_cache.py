@@ -23,6 +23,7 @@ from detach_framework.cache.store import (
     COMPLETE,
     LAST_RUN,
     CorruptEntryError,
+    StoreReader,
     StoreWriter,
     decode_record,
     encode_record,
@@ -118,7 +119,9 @@ def test_uid_changes_with_every_value_changing_setting_only(tmp_path, host, monk
     ]
     uids = {override: plan_cache(context_for(spec, host, (override,))).uid for override in changing}
     assert base.uid not in uids.values() and len(set(uids.values())) == len(changing), uids
-    for override in ("data.batch_size=4", "data.num_workers=2", "runtime.device=cpu", "runtime.progress=on"):
+    neutral = ("data.batch_size=4", "data.num_workers=2", "runtime.device=cpu", "runtime.progress=on")
+    neutral += ("cache.build_workers=3",)
+    for override in neutral:
         assert plan_cache(context_for(spec, host, (override,))).uid == base.uid, override
     # Weights content, not only params: another init (or weights file) is another uid.
     context = context_for(spec, host)
@@ -282,6 +285,30 @@ def test_cache_directory_that_is_not_lmdb(tmp_path, host, capsys):
     (tmp_path / "a_file").write_text("x")
     assert main(["cache", "build", write_spec(tmp_path, file_dir)]) == 2
     assert "is not a directory" in capsys.readouterr().err
+
+
+def test_build_workers_resolve_and_write_the_same_store(tmp_path, host):
+    """`cache.build_workers`: auto is data.num_workers when set, else a worker per core (at most 4); a store built
+    by worker processes holds exactly the records one built in the main process holds."""
+    from detach_framework.engine.threads import CACHE_BUILD_WORKERS_MAX, cache_build_workers
+
+    assert cache_build_workers("auto", 0, 2) == 2 and cache_build_workers("auto", 0, 64) == CACHE_BUILD_WORKERS_MAX
+    assert cache_build_workers("auto", 3, 2) == 3 and cache_build_workers(0, 3, 2) == 0
+    assert context_for(tiny_spec(cache={"build_workers": 1}), host).build_workers == 1
+    records = {}
+    for workers in (0, 2):
+        spec = tiny_spec(cache={"dir": str(tmp_path / f"w{workers}"), "frames": "on", "build_workers": workers})
+        context = context_for(spec, host)
+        assert context.build_workers == workers
+        plan = plan_cache(context)
+        assert ensure_store(plan, context) == plan.entries
+        reader = StoreReader(plan.path)
+        keys = [plan.key(split, i) for split, size in plan.split_sizes.items() for i in range(size)]
+        records[workers] = [bytes(reader.get(key)) for key in keys]
+        release_readers(plan.path)
+    assert records[0] == records[2]
+    with pytest.raises(UserError, match="build_workers"):
+        load_spec(tiny_spec(cache={"build_workers": 65}), host.registry)
 
 
 # ---- reading -------------------------------------------------------------------------------------

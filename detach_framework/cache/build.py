@@ -138,7 +138,7 @@ def _write_missing(plan: CachePlan, context: CacheContext, writer: StoreWriter) 
             loader = DataLoader(
                 Subset(context.source.split(split), indices),
                 batch_size=max(context.spec.data.batch_size, 1),
-                num_workers=context.spec.data.num_workers,
+                num_workers=context.build_workers,
                 shuffle=False,
                 # Its own generator: drawing the loader's base seed from the global RNG would shift training's.
                 generator=torch.Generator().manual_seed(0),

@@ -30,13 +30,15 @@ CACHE_FORMAT = 1
 
 @dataclass
 class CacheContext:
-    """What a cache is derived from: the spec, its dataset source and the built model (for the backbone)."""
+    """What a cache is derived from: the spec, its dataset source and the built model (for the backbone); and
+    how many DataLoader workers load the samples while it is built (`cache.build_workers`, resolved)."""
 
     spec: Experiment
     source: DatasetSource
     model: nn.Module
     device: torch.device
     progress: bool = False
+    build_workers: int = 0
 
 
 @dataclass

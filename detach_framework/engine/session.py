@@ -21,6 +21,7 @@ from detach_framework.engine.locations import KEstimate, resolve_auto_k
 from detach_framework.engine.model import AlignmentModel
 from detach_framework.engine.precision import autocast, check_precision
 from detach_framework.engine.seeding import loader_generator, seed_everything, seed_worker
+from detach_framework.engine.threads import cache_build_workers, usable_cores
 from detach_framework.errors import PluginError, UserError
 from detach_framework.plugins import PluginHost
 from detach_framework.spec import Experiment
@@ -146,7 +147,8 @@ class Session:
         return epoch_lines_enabled(self.spec.runtime.progress)
 
     def cache_context(self) -> CacheContext:
-        return CacheContext(self.spec, self.source, self.model, self.device, self.progress)
+        workers = cache_build_workers(self.spec.cache.build_workers, self.spec.data.num_workers, usable_cores())
+        return CacheContext(self.spec, self.source, self.model, self.device, self.progress, workers)
 
     def split(self, name: str) -> Dataset:
         """One split as training and evaluation read it: from the LMDB cache when `spec.cache` and a frozen

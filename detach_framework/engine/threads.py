@@ -30,6 +30,18 @@ def choose_threads(requested: int | str, data_workers: int, cores: int, local_pr
     return max(1, min(current, cores // max(local_processes, 1) - data_workers))
 
 
+CACHE_BUILD_WORKERS_MAX = 4  # rendering scales with processes; beyond a few they mostly wait on the LMDB writer
+
+
+def cache_build_workers(requested: int | str, data_workers: int, cores: int) -> int:
+    """The DataLoader workers a cache build loads samples with (`cache.build_workers`): auto is data.num_workers
+    when set, else one per core, at most CACHE_BUILD_WORKERS_MAX. Rendering a window's frames is single-threaded
+    numpy, so on a fresh cache it is most of the wait, and who renders a sample never changes it."""
+    if requested != "auto":
+        return int(requested)
+    return data_workers or min(cores, CACHE_BUILD_WORKERS_MAX)
+
+
 def configure_threads(threads: int | str, data_workers: int) -> dict[str, Any]:
     """Set torch's intra-op thread count for `runtime.threads` and return what was chosen, for env.json."""
     cores = usable_cores()
