@@ -67,7 +67,9 @@ def paper_model(registry, small: bool):
     spec = load_spec(ROOT / "examples" / "detach_paper.yaml", registry)
     channels = 37  # Opportunity++'s ambient channels
     num_train = 4096
-    model = AlignmentModel(spec.model, registry, SimpleNamespace(channel_names=list(range(channels))), 128, num_train)
+    model = AlignmentModel(
+        spec.model, registry, SimpleNamespace(channel_names=list(range(channels)), class_names=[]), 128, num_train
+    )
     return spec, model, channels, num_train
 
 

@@ -37,7 +37,7 @@ class DatasetSource(Protocol):
     """dataset factory(params, data: DataSettings) -> DatasetSource.
 
     Optional extensions, each a protocol below: PreprocessingStateSource, PreprocessingRestoreSource,
-    SensorLayoutSource, ExportableSource.
+    SensorLayoutSource, ShiftedSensorSource, ExportableSource.
     Reading one recording without the dataset: the dataset's `READ_RECORDING` tool (see RecordingReader).
     """
 

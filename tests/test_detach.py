@@ -182,7 +182,9 @@ def test_negative_types():
 def detach_model(registry):
     spec = load_spec(detach_spec(), registry)
     torch.manual_seed(0)
-    model = AlignmentModel(spec.model, registry, SimpleNamespace(channel_names=["a", "b", "c"]), 32, num_train=8)
+    model = AlignmentModel(
+        spec.model, registry, SimpleNamespace(channel_names=["a", "b", "c"], class_names=[]), 32, num_train=8
+    )
     return model
 
 

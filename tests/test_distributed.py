@@ -29,7 +29,9 @@ def build(method: str):
     registry = load_plugins().registry
     spec = load_spec(tiny_spec(model=DETACH_MODEL), registry)
     torch.manual_seed(0)
-    model = AlignmentModel(spec.model, registry, SimpleNamespace(channel_names=["a", "b", "c"]), 32, num_train=2 * B)
+    model = AlignmentModel(
+        spec.model, registry, SimpleNamespace(channel_names=["a", "b", "c"], class_names=[]), 32, num_train=2 * B
+    )
     loss = registry.build("loss", SimpleNamespace(name="infonce", temperature=0.1, learnable=method == "infonce"))
     if method == "infonce":
         aligner = registry.build("aligner", SimpleNamespace(name="global_contrastive"), model=model, loss=loss)

@@ -146,7 +146,9 @@ def test_weight_reservoir_is_bounded_and_uniform(registry):
     from detach_plugins.methods.imu2clip import InfoNceLoss, InfoNceParams
 
     spec = load_spec(detach_spec(), registry)
-    model = AlignmentModel(spec.model, registry, SimpleNamespace(channel_names=["a", "b"]), 32, num_train=8)
+    model = AlignmentModel(
+        spec.model, registry, SimpleNamespace(channel_names=["a", "b"], class_names=[]), 32, num_train=8
+    )
     aligner = TemporalAligner(TemporalParams(), model, InfoNceLoss(InfoNceParams(temperature=0.1, learnable=False)))
     state = torch.random.get_rng_state()
     aligner.on_epoch_start(1)

@@ -114,7 +114,7 @@ def plan_cache(context: CacheContext) -> CachePlan | None:
     """The cache this spec uses, or None when it caches nothing (mode off, or nothing frozen to cache)."""
     spec, model = context.spec, context.model
     settings = spec.cache
-    if settings.mode == "off" or not getattr(context.source, "cacheable", True):
+    if settings.mode == "off":
         return None
     features = bool(model.backbone_frozen)
     frames = settings.frames == "on" or (settings.frames == "auto" and features and frames_needed(model))

@@ -87,7 +87,7 @@ class AlignmentModel(nn.Module):
         channels = len(source.channel_names)
         # Sizes aligners may need for their own heads (decoders, classifiers): read, never changed.
         self.sensor_channels, self.sensor_length = channels, sensor_length
-        self.num_classes = len(getattr(source, "class_names", ()))
+        self.num_classes = len(source.class_names)
         self.video_backbone = registry.build("video_backbone", spec.video_backbone)
         self.backbone_frozen = bool(spec.video_backbone.frozen)
         feature_dim = int(self.video_backbone.feature_dim)
