@@ -163,9 +163,7 @@ def test_registering_the_plugins_does_not_import_timm() -> None:
     code = (
         "import sys; from detach_framework.plugins import load_plugins; registry = load_plugins().registry; "
         "assert registry.get('video_backbone', 'timm') is not None; "
-        "assert not {'timm', 'torchvision'} & set(sys.modules), 'timm imported at registration'; "
-        "from detach_plugins.backbones import build_timm_backbone, TimmBackboneParams; "
-        "build_timm_backbone(TimmBackboneParams(model='test_vit')); assert 'timm' in sys.modules"
+        "assert not {'timm', 'torchvision'} & set(sys.modules), 'timm imported at registration'"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
