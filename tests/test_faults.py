@@ -170,6 +170,8 @@ def fork_child(body: Callable[[], int], log: Path) -> int:
             os.dup2(handle.fileno(), 2)
             sys.stdout = sys.stderr = handle
             warnings.simplefilter("default")
+            # Ctrl-C as in a terminal, also when the suite runs as a background job (whose SIGINT is ignored)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             code = body()
         except BaseException:  # noqa: BLE001 - reported in the log, the parent sees code 99
             traceback.print_exc()
