@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -164,13 +164,25 @@ class VideoBackbone(Protocol):
 class VideoHead(Protocol):
     """video_head factory(params, in_dim: int) -> nn.Module; forward(maps [B,T,D,h,w]) -> [B, out_dim].
 
-    Optional: `input_kind = "frames"` (read by engine.model.reads_frames): the head reads normalised frames
-    [B, T, 3, H, W] instead of backbone maps, which only model.video_temporal_head is given.
+    Optional extension: FrameInputHead (the head reads frames instead of maps).
     """
 
     out_dim: int
 
     def __call__(self, maps: torch.Tensor) -> torch.Tensor: ...
+
+
+FRAME_INPUT_KINDS = ("maps", "frames")
+
+
+@runtime_checkable
+class FrameInputHead(Protocol):
+    """Optional extension of a VideoHead: `input_kind` "frames" means forward takes normalised frames
+    [B, T, 3, H, W] instead of backbone maps (only model.video_temporal_head is given them); "maps" is what a head
+    without it reads. Read by engine.model.reads_frames, which refuses any other value. Built in:
+    detach_temporal_head (its `input` param)."""
+
+    input_kind: Literal["maps", "frames"]
 
 
 @runtime_checkable

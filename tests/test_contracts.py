@@ -25,6 +25,7 @@ from detach_framework.contracts import (
     EvalContext,
     EvalResult,
     Evaluator,
+    FrameInputHead,
     PreprocessingRestoreSource,
     PreprocessingStateSource,
     ReconstructionLoss,
@@ -137,10 +138,23 @@ def test_video_backbone_contract(component):
 def test_video_head_contract(component):
     head = build_default(component, in_dim=12)
     assert isinstance(head, nn.Module) and isinstance(head, VideoHead)
-    # A head declaring input_kind "frames" consumes normalised frames instead of backbone maps.
+    # A head declaring input_kind "frames" (FrameInputHead) consumes normalised frames instead of backbone maps.
     maps = torch.randn(3, 4, 3, 16, 16) if reads_frames(head) else torch.randn(3, 4, 12, 2, 2)
     assert head.eval()(maps).shape == (3, head.out_dim)
     assert_state_dict_round_trip(lambda: component.factory(component.params(), in_dim=12), (maps,))
+
+
+def test_a_head_declaring_an_unknown_input_kind_is_refused_naming_it():
+    class PixelHead(nn.Module):
+        input_kind = "pixels"
+
+    class MapHead(nn.Module):
+        pass
+
+    assert isinstance(PixelHead(), FrameInputHead) and not isinstance(MapHead(), FrameInputHead)
+    assert not reads_frames(MapHead())
+    with pytest.raises(PluginError, match="video head PixelHead declares input_kind 'pixels'; expected one of: maps"):
+        reads_frames(PixelHead())
 
 
 @pytest.mark.parametrize("component", components("sensor_encoder"))

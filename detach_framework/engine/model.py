@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detach_framework.contracts import DatasetSource, SensorEncoder, VideoHead
+from detach_framework.contracts import FRAME_INPUT_KINDS, DatasetSource, FrameInputHead, SensorEncoder, VideoHead
 from detach_framework.errors import PluginError, UserError
 from detach_framework.registry import Component, Registry
 from detach_framework.spec import SLOT_KINDS
@@ -75,8 +75,16 @@ def probe_embedding(spatial: torch.Tensor, temporal: torch.Tensor | None = None)
 
 
 def reads_frames(head: nn.Module) -> bool:
-    """A video head declaring `input_kind = "frames"` reads normalised frames instead of backbone maps."""
-    return getattr(head, "input_kind", "maps") == "frames"
+    """A video head declaring `input_kind = "frames"` (contracts.FrameInputHead) reads normalised frames instead
+    of backbone maps."""
+    if not isinstance(head, FrameInputHead):
+        return False
+    if head.input_kind not in FRAME_INPUT_KINDS:
+        raise PluginError(
+            f"video head {type(head).__name__} declares input_kind {head.input_kind!r}; expected one of: "
+            f"{', '.join(FRAME_INPUT_KINDS)}"
+        )
+    return head.input_kind == "frames"
 
 
 class AlignmentModel(nn.Module):
