@@ -191,9 +191,7 @@ class SyntheticKitchen:
     def shifted_sensor_windows(self, split: str, offset_s: float) -> np.ndarray:
         """contracts.ShiftedSensorSource (the robustness evaluator's offset): the split's windows read offset_s
         later on the raw streams (rounded to a raw sample), z-scored with the train statistics."""
-        self.split(split)  # an unknown split name is the same one-line error as split() gives
-        table = self._windows(self.subject_splits[split])
-        raw = self._sensor_windows(table, int(round(offset_s * SENSOR_RATE_HZ)))
+        raw = self._sensor_windows(self.split(split).table, int(round(offset_s * SENSOR_RATE_HZ)))
         return apply_zscore(*raw, self.sensor_mean, self.sensor_std).astype(np.float32)
 
     def export(self, out_dir: Path) -> None:
@@ -272,6 +270,7 @@ class KitchenSplit(torch.utils.data.Dataset):
         self.kitchen = kitchen
         self.name = name
         self.sensor = sensor  # [N, C, L] float32, z-scored with train statistics
+        self.table = table  # where each window comes from: shifted reads cut them again
         self.recording = table.recording
         self.start_seconds = table.start
         self.labels = table.label
