@@ -186,19 +186,12 @@ class CacheSpec(StrictModel):
     features_dtype: Literal["float16", "float32"] = Field(
         "float16", description="Storage dtype of cached features (restored to float32 by the model)."
     )
-    build_workers: int | Literal["auto"] = Field(
+    build_workers: Annotated[int, Field(ge=0, le=64)] | Literal["auto"] = Field(
         "auto",
         description="DataLoader worker processes rendering or decoding the samples while a cache is built (a "
         "frozen backbone still runs in the main process). auto: data.num_workers when set, else the CPUs this "
         "process may use, at most 4. The stored samples are the same for every value.",
     )
-
-    @field_validator("build_workers")
-    @classmethod
-    def _workers_in_range(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and not 0 <= value <= 64:
-            raise ValueError(f"expected 0 to 64 worker processes or 'auto', got {value}")
-        return value
 
     @field_validator("mode", "frames", mode="before")
     @classmethod
