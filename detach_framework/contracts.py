@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args, runtime_checkable
 
 import numpy as np
 import torch
@@ -172,7 +172,8 @@ class VideoHead(Protocol):
     def __call__(self, maps: torch.Tensor) -> torch.Tensor: ...
 
 
-FRAME_INPUT_KINDS = ("maps", "frames")
+FrameInputKind = Literal["maps", "frames"]
+FRAME_INPUT_KINDS = get_args(FrameInputKind)
 
 
 @runtime_checkable
@@ -182,7 +183,7 @@ class FrameInputHead(Protocol):
     without it reads. Read by engine.model.reads_frames, which refuses any other value. Built in:
     detach_temporal_head (its `input` param)."""
 
-    input_kind: Literal["maps", "frames"]
+    input_kind: FrameInputKind
 
 
 @runtime_checkable
